@@ -1,0 +1,1 @@
+"""The agfprune command line: a thin Typer layer over agfprune.core."""

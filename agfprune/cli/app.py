@@ -1,0 +1,132 @@
+"""The `agfprune` Typer application and its error handling.
+
+Commands are registered from a table of import paths so that adding one is one line; every
+command module imports only Typer at top level, so `agfprune --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+
+from agfprune import __version__
+from agfprune.core.errors import EXIT_INTERRUPTED, AgfpruneError
+
+COMMANDS: list[tuple[str, str]] = [
+    ("demo", "agfprune.cli.commands.demo:demo_command"),
+    ("info", "agfprune.cli.commands.info:info_command"),
+    ("eval", "agfprune.cli.commands.evaluate:eval_command"),
+    ("calibrate", "agfprune.cli.commands.calibrate:calibrate_command"),
+    ("score", "agfprune.cli.commands.score:score_command"),
+    ("prune", "agfprune.cli.commands.prune:prune_command"),
+    ("finetune", "agfprune.cli.commands.finetune:finetune_command"),
+    ("export", "agfprune.cli.commands.export:export_command"),
+    ("compare", "agfprune.cli.commands.compare:compare_command"),
+]
+SUBAPPS: list[tuple[str, str]] = [
+    ("route", "agfprune.cli.commands.route:route_app"),
+]
+
+app = typer.Typer(
+    name="agfprune",
+    help="Structural pruning and hybrid routing of vision networks, guided by the AGF utility.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _resolve(target: str):
+    module_name, attr = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None  # command not built yet in this version
+        raise
+    return getattr(module, attr)
+
+
+for _name, _target in COMMANDS:
+    _function = _resolve(_target)
+    if _function is not None:
+        app.command(_name)(_function)
+for _name, _target in SUBAPPS:
+    _subapp = _resolve(_target)
+    if _subapp is not None:
+        app.add_typer(_subapp, name=_name)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"agfprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """agfprune: calibrate, score, prune, finetune, export and route vision models."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that atomic writes clean up like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ANN001 - signal handler signature
+    raise _Terminated()
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"agfprune: error: {message}\n")
+    sys.stderr.flush()
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (never raises for expected failures)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = app(args=args, prog_name="agfprune", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except AgfpruneError as exc:
+        if debug:
+            traceback.print_exc()
+        return _fail(exc.message, exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.ctx.get_help() and print(exc.ctx.get_help())
+        return 0
+    except click.ClickException as exc:
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "agfprune"
+        return _fail(f"{exc.format_message()} (see `{command} --help`)", exc.exit_code)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except _Terminated:
+        return _fail("terminated", 128 + signal.SIGTERM)
+    except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        text = str(exc).strip().splitlines()
+        detail = text[0][:300] if text else ""
+        return _fail(f"internal error: {type(exc).__name__}: {detail} (rerun with --debug for a traceback)", 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

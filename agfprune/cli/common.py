@@ -1,0 +1,36 @@
+"""Glue from parsed options to core objects, shared by the commands (no numerical work here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from agfprune.cli.options import parse_floats
+
+
+def load_model_from_options(model: Optional[str], checkpoint: Optional[Path], pretrained: bool,
+                            device: Any) -> Any:
+    """LoadedModel from --model/--checkpoint/--pretrained."""
+    from agfprune.core.models import load_model
+
+    return load_model(model, checkpoint, pretrained=pretrained, device=device)
+
+
+def data_config_from_options(loaded: Any, img_size: Optional[int], mean: Optional[str],
+                             std: Optional[str]) -> dict[str, Any]:
+    from agfprune.core.data import data_config_overrides
+
+    return data_config_overrides(loaded.data_config, img_size, parse_floats(mean, "--mean"),
+                                 parse_floats(std, "--std"))
+
+
+def loader_from_options(data: Path, split: str, data_config: dict[str, Any], *, batch_size: int,
+                        workers: int, limit: Optional[int], seed: int, device: Any,
+                        train: bool = False, shuffle: bool = False) -> Any:
+    """A DataLoader over --data with the model's transforms."""
+    from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
+
+    dataset = open_dataset(data, split, build_transform(data_config, train=train))
+    options = LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed,
+                            shuffle=shuffle, drop_last=train)
+    return make_loader(dataset, options, device)

@@ -1,0 +1,71 @@
+"""Options shared by many commands, declared once (Typer reads them from the signatures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from agfprune.core.errors import UsageError
+
+
+def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Optional[Path]:
+    """Eager: read a YAML file whose keys mirror the options, and make them the defaults."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(value).read_text()) or {}
+    except FileNotFoundError:
+        raise UsageError(f"--config {value}: file not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"--config {value}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {value}: expected a mapping of option names to values")
+    valid = {p.name for p in ctx.command.params if p.name}
+    shared = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
+    own = data.get(ctx.info_name or "", {}) or {}
+    own = {k.replace("-", "_"): v for k, v in own.items()}
+    unknown = sorted(set(own) - valid)
+    if unknown:
+        raise UsageError(f"--config {value}: unknown option(s) for {ctx.info_name}: {', '.join(unknown)} "
+                         f"(valid: {', '.join(sorted(valid - {'config'}))})")
+    defaults = {k: v for k, v in shared.items() if k in valid}
+    defaults.update(own)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", is_eager=True, callback=_load_config, metavar="FILE.yaml",
+    help="YAML file whose keys mirror the options (top-level keys, or a section named after the command).")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="timm model name (e.g. resnet18, cifar_resnet56); optional when the checkpoint records it.")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", "-c", help="Weights: .safetensors, or .pth/.pt/.th loaded with weights_only=True.")]
+PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Ask timm for hub weights (needs network).")]
+DataOpt = Annotated[Path, typer.Option(
+    "--data", "-d", help="ImageFolder root (class folders, or train/ and val/), .npz (images, labels), or synthetic:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling and initialisation.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use a seeded random subset of N images.")]
+ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="Override the input size (pixels).")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Override normalisation mean, e.g. 0.5,0.5,0.5.")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Override normalisation std, e.g. 0.5,0.5,0.5.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines on stderr.")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (ignored on CPU).")]
+
+
+def parse_floats(text: Optional[str], option: str) -> Optional[tuple[float, ...]]:
+    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5), with a one-line error on bad input."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected comma-separated numbers") from None

@@ -1,0 +1,216 @@
+"""Data sets and loaders: ImageFolder trees, .npz arrays and the synthetic demo set.
+
+Transforms come from the model's timm data config; nothing here knows about models beyond it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from agfprune.core.errors import DataError, UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "test")}
+
+
+class ArrayDataset(Dataset):
+    """uint8 NHWC images with integer labels, served as PIL images through a transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None,
+                 classes: list[str] | None = None) -> None:
+        self.images = images
+        self.labels = labels.astype(np.int64)
+        self.transform = transform
+        self.classes = classes or [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(self.images[index])
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+def load_npz(path: Path, transform: Callable | None = None) -> ArrayDataset:
+    """An .npz with `images` (uint8, N×H×W×3 or N×H×W) and `labels` (N integers)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "images" not in archive or "labels" not in archive:
+                raise DataError(f"{path}: .npz needs arrays 'images' and 'labels' "
+                                f"(found {', '.join(archive.files) or 'none'})")
+            images, labels = archive["images"], archive["labels"]
+    except DataError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+        raise DataError(f"{path}: 'images' must be uint8 N×H×W×C with C in (1, 3), "
+                        f"got {images.dtype} {images.shape}")
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: 'labels' must be {len(images)} integers, got {labels.dtype} {labels.shape}")
+    if len(images) == 0:
+        raise DataError(f"{path}: contains no images")
+    if labels.min() < 0:
+        raise DataError(f"{path}: labels must be non-negative")
+    return ArrayDataset(images, labels, transform)
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
+
+
+def resolve_image_root(path: Path, split: str) -> Path:
+    """A root with class folders, or with train/val subfolders (then `split` picks one)."""
+    for name in SPLIT_NAMES.get(split, (split,)):
+        candidate = path / name
+        if candidate.is_dir():
+            return candidate
+    return path
+
+
+def load_image_folder(path: Path, split: str, transform: Callable | None = None) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    root = resolve_image_root(path, split)
+    class_dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not class_dirs:
+        hint = " (images must sit in one folder per class)" if _has_images(root) else ""
+        raise DataError(f"{root}: no class folders found{hint}")
+    try:
+        dataset = ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{root}: no images found ({str(exc).splitlines()[0]})") from None
+    return dataset
+
+
+def open_dataset(path: str | Path, split: str = "val", transform: Callable | None = None) -> Dataset:
+    """Open a data set from an ImageFolder tree or an .npz file; `split` picks train/ or val/."""
+    from agfprune.core.synthetic import make_synthetic
+
+    text = str(path)
+    if text.startswith("synthetic:"):
+        count = _parse_synthetic(text)
+        images, labels = make_synthetic(count, seed=0 if split == "train" else 1)
+        return ArrayDataset(images, labels, transform)
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data not found: {path}")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"{path}: expected an ImageFolder directory or an .npz file")
+        return load_npz(path, transform)
+    return load_image_folder(path, split, transform)
+
+
+def _parse_synthetic(text: str) -> int:
+    try:
+        count = int(text.split(":", 1)[1])
+    except ValueError:
+        raise DataError(f"{text}: expected synthetic:COUNT, e.g. synthetic:2000") from None
+    if count <= 0:
+        raise DataError(f"{text}: COUNT must be positive")
+    return count
+
+
+def build_transform(data_config: dict[str, Any], train: bool = False) -> Callable:
+    """timm's eval transform for the config; for training, timm's augmentation, except that
+    small inputs (≤64 px, CIFAR-like) get the conventional pad-crop + flip instead of a random
+    resized crop that would destroy 32 px images."""
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    config = {k: v for k, v in data_config.items()
+              if k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")}
+    size = int(config["input_size"][-1])
+    if train and size <= 64:
+        return T.Compose([
+            T.Resize(size), T.CenterCrop(size),
+            T.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(), T.Normalize(config["mean"], config["std"]),
+        ])
+    return create_transform(**config, is_training=train)
+
+
+def data_config_overrides(base: dict[str, Any], img_size: int | None = None,
+                          mean: tuple[float, ...] | None = None,
+                          std: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """Apply --img-size/--mean/--std to a data config, validating lengths and ranges."""
+    config = dict(base)
+    if img_size is not None:
+        if img_size <= 0:
+            raise UsageError(f"--img-size {img_size}: must be positive")
+        config["input_size"] = (config["input_size"][0], img_size, img_size)
+    for name, value in (("mean", mean), ("std", std)):
+        if value is not None:
+            if len(value) != config["input_size"][0]:
+                raise UsageError(f"--{name}: expected {config['input_size'][0]} values, got {len(value)}")
+            if name == "std" and any(v <= 0 for v in value):
+                raise UsageError("--std values must be positive")
+            config[name] = tuple(float(v) for v in value)
+    return config
+
+
+def subsample(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A seeded random subset of `limit` items (the whole set when limit is None or larger)."""
+    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    if limit <= 0:
+        raise UsageError(f"--limit {limit}: must be positive")
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(dataset), generator=generator)[:limit].sort().values  # type: ignore[arg-type]
+    return Subset(dataset, indices.tolist())
+
+
+@dataclass
+class LoaderOptions:
+    """How to batch a data set; shared by every command that reads images."""
+
+    batch_size: int = 128
+    workers: int = 0
+    limit: int | None = None
+    seed: int = 0
+    shuffle: bool = False
+    drop_last: bool = False
+
+    def validate(self) -> None:
+        if self.batch_size <= 0:
+            raise UsageError(f"--batch-size {self.batch_size}: must be positive")
+        if self.workers < 0:
+            raise UsageError(f"--workers {self.workers}: must be ≥ 0")
+
+
+def make_loader(dataset: Dataset, options: LoaderOptions, device: torch.device | None = None) -> DataLoader:
+    """A DataLoader over a seeded subset; shuffling (if asked) is seeded too."""
+    options.validate()
+    dataset = subsample(dataset, options.limit, options.seed)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise DataError("the data set is empty")
+    generator = torch.Generator().manual_seed(options.seed)
+    return DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        shuffle=options.shuffle,
+        num_workers=options.workers,
+        drop_last=options.drop_last and len(dataset) > options.batch_size,  # type: ignore[arg-type]
+        generator=generator,
+        pin_memory=bool(device is not None and device.type == "cuda"),
+        persistent_workers=False,
+    )
+
+
+def dataset_classes(dataset: Dataset) -> int:
+    """Number of classes a data set declares (0 when it cannot tell)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    return len(classes) if classes else 0

@@ -1,0 +1,60 @@
+"""Error classes with documented exit codes.
+
+Every failure a user can cause maps to one class, so the CLI can print one line and exit with a
+code a shell script can branch on (see docs/cli.md).
+"""
+
+from __future__ import annotations
+
+
+class AgfpruneError(Exception):
+    """Base of all expected failures: a one-line message for the user, and an exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(AgfpruneError):
+    """An option value is invalid (wrong range, unknown name, conflicting options)."""
+
+    exit_code = 2
+
+
+class DataError(AgfpruneError):
+    """Input data is missing, empty, unreadable or of the wrong layout."""
+
+    exit_code = 3
+
+
+class ModelError(AgfpruneError):
+    """A model name, checkpoint or artefact is unknown, corrupt, or does not match."""
+
+    exit_code = 4
+
+
+class NumericalError(AgfpruneError):
+    """A computation produced NaN/Inf or otherwise could not complete."""
+
+    exit_code = 5
+
+
+class OutputError(AgfpruneError):
+    """An output file could not be written (permissions, disk full)."""
+
+    exit_code = 6
+
+
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    "ok": 0,
+    "internal": 1,
+    "usage": UsageError.exit_code,
+    "data": DataError.exit_code,
+    "model": ModelError.exit_code,
+    "numerical": NumericalError.exit_code,
+    "output": OutputError.exit_code,
+    "interrupted": EXIT_INTERRUPTED,
+}

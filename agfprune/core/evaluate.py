@@ -1,0 +1,114 @@
+"""Accuracy, loss, size and speed of a model on a data set."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from agfprune.core.device import autocast
+from agfprune.core.errors import DataError
+from agfprune.core.progress import SILENT, Progress
+
+
+@dataclass
+class Accuracy:
+    """Top-1/top-5 (percent) and mean cross-entropy over `samples` images."""
+
+    top1: float
+    top5: float
+    loss: float
+    samples: int
+
+
+@dataclass
+class ModelCost:
+    """Parameter count and multiply-accumulates for one input."""
+
+    params: int
+    macs: int
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.numel() and int(labels.max()) >= num_classes:
+        raise DataError(f"the data has label {int(labels.max())} but the model predicts only "
+                        f"{num_classes} classes")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
+                   progress: Progress = SILENT, description: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits (float32, CPU) and labels of a loader, in loader order."""
+    model.eval()
+    logits_all, labels_all = [], []
+    for images, labels in progress.track(loader, total=len(loader), description=description):
+        with autocast(device, amp):
+            logits = model(images.to(device, non_blocking=True))
+        logits_all.append(logits.float().cpu())
+        labels_all.append(labels)
+    return torch.cat(logits_all), torch.cat(labels_all)
+
+
+def accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
+    """Top-1/top-5 and loss from stored logits."""
+    _check_labels(labels, logits.shape[1])
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    correct = topk.eq(labels[:, None])
+    loss = F.cross_entropy(logits, labels).item()
+    samples = len(labels)
+    return Accuracy(
+        top1=100.0 * correct[:, 0].float().sum().item() / samples,
+        top5=100.0 * correct.any(dim=1).float().sum().item() / samples,
+        loss=loss if math.isfinite(loss) else float("nan"),
+        samples=samples,
+    )
+
+
+def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
+                      progress: Progress = SILENT) -> Accuracy:
+    """Top-1, top-5 and mean loss of `model` over `loader`."""
+    logits, labels = predict_logits(model, loader, device, amp, progress, "evaluate")
+    return accuracy_from_logits(logits, labels)
+
+
+def count_cost(model: nn.Module, input_size: tuple[int, ...], device: torch.device | str = "cpu") -> ModelCost:
+    """Parameters and MACs for one image, counted by torch-pruning's op counter."""
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    example = torch.zeros(1, *input_size, device=device)
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    model.train(was_training)
+    return ModelCost(params=int(params), macs=int(macs))
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, input_size: tuple[int, ...], batch_size: int, device: torch.device,
+                    warmup: int = 3, repeats: int = 10, amp: bool = True) -> float:
+    """Median wall time (ms) of one forward pass on a batch, after warm-up runs."""
+    model.eval()
+    batch = torch.randn(batch_size, *input_size, device=device)
+    timings = []
+    for step in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast(device, amp):
+            model(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= warmup:
+            timings.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(timings)
+
+
+def as_dict(record: Accuracy | ModelCost) -> dict:
+    return asdict(record)

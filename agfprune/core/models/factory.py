@@ -1,0 +1,138 @@
+"""One door to models: a timm name, a checkpoint, or both (checkpoint metadata wins on structure)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from agfprune.core.checkpoint import CheckpointFile, apply_structure, load_state_strict, read_checkpoint
+from agfprune.core.errors import ModelError, UsageError
+from agfprune.core.fingerprint import model_fingerprint
+
+
+@dataclass
+class LoadedModel:
+    """A ready model plus everything needed to rebuild it and to prepare its inputs."""
+
+    model: nn.Module
+    arch: str
+    timm_kwargs: dict[str, Any]
+    data_config: dict[str, Any]
+    fingerprint: str
+    checkpoint: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.model, "num_classes", 0) or self.data_config.get("num_classes", 0))
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.data_config["input_size"])  # type: ignore[return-value]
+
+
+def _suggest(arch: str) -> str:
+    import timm
+
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()` for names"
+
+
+def create_model(arch: str, pretrained: bool = False, **timm_kwargs: Any) -> nn.Module:
+    """timm.create_model with agfprune's models registered and errors turned into one line."""
+    import timm
+
+    import agfprune.core.models.cifar_resnet  # noqa: F401  (registers cifar_resnet*)
+
+    if not timm.is_model(arch):
+        raise ModelError(f"unknown model {arch!r}{_suggest(arch)}")
+    try:
+        return timm.create_model(arch, pretrained=pretrained, **timm_kwargs)
+    except TypeError as exc:
+        raise ModelError(f"model {arch}: invalid arguments {timm_kwargs} ({exc})") from None
+    except Exception as exc:  # timm/hub raise many types when weights cannot be fetched
+        if pretrained:
+            raise ModelError(f"model {arch}: pretrained weights unavailable "
+                             f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+                             "use --checkpoint with a local file") from None
+        raise
+
+
+def _classifier_weight_key(model: nn.Module) -> str | None:
+    config = getattr(model, "pretrained_cfg", None) or {}
+    name = config.get("classifier")
+    if name is None and hasattr(model, "get_classifier"):
+        classifier = model.get_classifier()
+        name = next((n for n, m in model.named_modules() if m is classifier), None)
+    if isinstance(name, (list, tuple)):
+        name = name[0]
+    return f"{name}.weight" if name else None
+
+
+def _infer_num_classes(model: nn.Module, tensors: dict[str, torch.Tensor]) -> int | None:
+    key = _classifier_weight_key(model)
+    if key and key in tensors and key in model.state_dict():
+        if tensors[key].shape[0] != model.state_dict()[key].shape[0]:
+            return int(tensors[key].shape[0])
+    return None
+
+
+def resolve_model_data_config(model: nn.Module, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """timm's data config of `model`, updated with checkpoint metadata or user overrides."""
+    from timm.data import resolve_data_config
+
+    config = dict(resolve_data_config({}, model=model))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            config[key] = tuple(value) if isinstance(value, list) else value
+    config["num_classes"] = int(getattr(model, "num_classes", config.get("num_classes", 0)) or 0)
+    return config
+
+
+def load_model(arch: str | None = None, checkpoint: str | Path | None = None, *,
+               pretrained: bool = False, timm_kwargs: dict[str, Any] | None = None,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """Build a model from a timm name and/or a checkpoint, honouring checkpoint metadata.
+
+    Metadata `timm_model`/`arch`, `timm_kwargs`, `data_config` and (for pruned checkpoints)
+    `structure` decide the architecture; `arch` must agree with the metadata when both are given.
+    """
+    ckpt: CheckpointFile | None = read_checkpoint(checkpoint) if checkpoint else None
+    recorded = ckpt.arch if ckpt else None
+    if arch and recorded and arch != recorded:
+        raise ModelError(f"{checkpoint} was made for model {recorded}, not {arch} "
+                         "(drop --model to use the checkpoint's own architecture)")
+    arch = arch or recorded
+    if not arch:
+        if ckpt:
+            raise UsageError(f"{checkpoint} records no architecture; pass --model NAME")
+        raise UsageError("give --model NAME and/or --checkpoint PATH")
+    kwargs = dict(ckpt.metadata.get("timm_kwargs") or {}) if ckpt else {}
+    kwargs.update(timm_kwargs or {})
+    model = create_model(arch, pretrained=pretrained and ckpt is None, **kwargs)
+    if ckpt:
+        inferred = None if "num_classes" in kwargs else _infer_num_classes(model, ckpt.tensors)
+        if inferred:
+            kwargs["num_classes"] = inferred
+            model = create_model(arch, **kwargs)
+        structure = ckpt.metadata.get("structure") or {}
+        if structure:
+            apply_structure(model, structure, ckpt.tensors)
+        load_state_strict(model, ckpt.tensors, str(checkpoint), arch)
+    data_config = resolve_model_data_config(model, ckpt.metadata.get("data_config") if ckpt else None)
+    model.eval()
+    model.to(device)
+    return LoadedModel(
+        model=model,
+        arch=arch,
+        timm_kwargs=kwargs,
+        data_config=data_config,
+        fingerprint=model_fingerprint(model),
+        checkpoint=Path(checkpoint) if checkpoint else None,
+        metadata=ckpt.metadata if ckpt else {},
+    )

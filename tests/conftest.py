@@ -1,0 +1,92 @@
+"""Shared fixtures: paths to ../shared, tiny models, a CLI runner that captures output."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_MODELS = SHARED / "models"
+SHARED_DATA = SHARED / "data"
+JPEG_VAL = SHARED_DATA / "cifar10-jpeg" / "val"
+JPEG_TRAIN = SHARED_DATA / "cifar10-jpeg" / "train"
+LOSSLESS_NPZ = SHARED_DATA / "cifar10-lossless" / "train4000.npz"
+RESNET56_JPEG = SHARED_MODELS / "resnet56-cifar10-jpeg.safetensors"
+RESNET20_JPEG = SHARED_MODELS / "resnet20-cifar10-jpeg.safetensors"
+RESNET56_TH = SHARED_MODELS / "resnet56-4bfd9763.th"
+VIT_JPEG = SHARED_MODELS / "vit-small6-cifar10-jpeg.safetensors"
+
+
+def needs_shared(*paths: Path):
+    """Skip unless the given ../shared paths exist (CI has them beside the checkout)."""
+    missing = [str(p) for p in paths if not p.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"missing {', '.join(missing)}")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `agfprune ARGS...` in-process; returns exit code and captured stdout/stderr."""
+    from agfprune.cli.app import run
+
+    def invoke(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = run([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    """A 64-image, 10-class synthetic .npz (32 px)."""
+    from agfprune.core.synthetic import make_synthetic
+
+    images, labels = make_synthetic(64, seed=3)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """A tiny ImageFolder tree with train/ and val/ splits, 3 classes × 4 PNG images each."""
+    from PIL import Image
+
+    from agfprune.core.synthetic import make_synthetic
+
+    images, labels = make_synthetic(60, seed=5)
+    root = tmp_path / "folder"
+    for split in ("train", "val"):
+        for index, (image, label) in enumerate(zip(images, labels)):
+            if label >= 3:
+                continue
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{index}.png")
+    return root
+
+
+def assert_one_line_error(result: CliResult, code: int | None = None) -> None:
+    """Non-zero exit, exactly one line on stderr, no traceback."""
+    assert result.exit_code != 0, result
+    if code is not None:
+        assert result.exit_code == code, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("agfprune: error:"), result.stderr
+    assert "Traceback" not in result.stderr
