@@ -12,8 +12,12 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
+
+try:  # typer >= 0.17 vendors click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    import click.exceptions as click_exceptions
 
 from agfprune import __version__
 from agfprune.core.errors import EXIT_INTERRUPTED, AgfpruneError
@@ -105,15 +109,14 @@ def run(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return _fail(exc.message, exc.exit_code)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        exc.ctx.get_help() and print(exc.ctx.get_help())
-        return 0
-    except click.ClickException as exc:
+    except click_exceptions.NoArgsIsHelpError:
+        return 0  # typer has already printed the help
+    except click_exceptions.ClickException as exc:
         command = exc.ctx.command_path if getattr(exc, "ctx", None) else "agfprune"
         return _fail(f"{exc.format_message()} (see `{command} --help`)", exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except click_exceptions.Exit as exc:
         return exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click_exceptions.Abort):
         return _fail("interrupted", EXIT_INTERRUPTED)
     except _Terminated:
         return _fail("terminated", 128 + signal.SIGTERM)
