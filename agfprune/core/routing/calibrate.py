@@ -1,0 +1,147 @@
+"""Choosing the routing threshold from stored logits of both experts.
+
+Routing rule (the same everywhere, including the Cascade): a sample keeps the light expert's
+answer when its signal is >= the threshold, and goes to the heavy expert when it is below.
+Sweeping the threshold over every distinct signal value gives every reachable operating point;
+an objective then picks one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from agfprune.core.errors import UsageError
+from agfprune.core.routing.signals import compute_signal
+
+OBJECTIVES = ("match-heavy", "max-heavy-fraction", "threshold")
+
+
+@dataclass
+class SweepPoint:
+    """One operating point: the threshold, how many samples it sends to the heavy expert, accuracy."""
+
+    threshold: float
+    heavy_calls: int
+    heavy_fraction: float
+    top1: float
+    pareto: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Sweep:
+    """All operating points of a (light, heavy, signal) triple on one data set, fewest heavy calls first."""
+
+    signal: str
+    samples: int
+    light_top1: float
+    heavy_top1: float
+    points: list[SweepPoint]
+
+
+@dataclass
+class Objective:
+    """How to pick the threshold: match-heavy (value = tolerance, points), max-heavy-fraction
+    (value = fraction in [0, 1]) or threshold (value = the threshold itself)."""
+
+    kind: str
+    value: float
+
+    def validate(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise UsageError(f"objective {self.kind!r}: expected one of {', '.join(OBJECTIVES)}")
+        if self.value != self.value:  # NaN
+            raise UsageError(f"--{self.kind}: value must be a number, got NaN")
+        if self.kind == "match-heavy" and self.value < 0:
+            raise UsageError(f"--tolerance {self.value}: must be >= 0 (accuracy points below the heavy model)")
+        if self.kind == "max-heavy-fraction" and not 0.0 <= self.value <= 1.0:
+            raise UsageError(f"--max-heavy-fraction {self.value}: must be in [0, 1]")
+
+    def describe(self) -> str:
+        if self.kind == "match-heavy":
+            return f"fewest heavy calls with accuracy >= heavy - {self.value:g} points"
+        if self.kind == "max-heavy-fraction":
+            return f"best accuracy with at most {100 * self.value:g}% heavy calls"
+        return f"fixed threshold {self.value:g}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": float(self.value), "description": self.describe()}
+
+
+def heavy_mask(signal: torch.Tensor, threshold: float) -> torch.Tensor:
+    """True where a sample goes to the heavy expert (signal < threshold, compared in float32
+    exactly as the Cascade compares it)."""
+    return signal.float() < torch.tensor(threshold, dtype=torch.float32, device=signal.device)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=1).eq(labels)
+
+
+def _mark_pareto(points: list[SweepPoint]) -> None:
+    best = float("-inf")
+    for point in points:  # sorted by heavy calls: a point is Pareto if it beats all cheaper ones
+        point.pareto = point.top1 > best
+        best = max(best, point.top1)
+
+
+def threshold_sweep(light_logits: torch.Tensor, heavy_logits: torch.Tensor, labels: torch.Tensor,
+                    signal: str) -> Sweep:
+    """Every distinct operating point, computed in O(N log N) from cumulative correctness."""
+    samples = len(labels)
+    if samples == 0:
+        raise UsageError("cannot calibrate a router on an empty data set")
+    scores = compute_signal(signal, light_logits).float().cpu()
+    order = torch.argsort(scores, stable=True)
+    sorted_scores = scores[order]
+    light_correct = _correct(light_logits, labels)[order].long()
+    heavy_correct = _correct(heavy_logits, labels)[order].long()
+    zero = torch.zeros(1, dtype=torch.long)
+    light_before = torch.cat([zero, light_correct.cumsum(0)])  # correct among the k lowest-signal
+    heavy_before = torch.cat([zero, heavy_correct.cumsum(0)])
+    light_total = int(light_before[-1])
+    # k heavy calls are reachable when the k-th and (k+1)-th lowest signals differ (ties move together)
+    rises = (torch.nonzero(sorted_scores[1:] > sorted_scores[:-1]).flatten() + 1).tolist()
+    boundaries = [0] + rises + [samples]
+    heavy_list, light_list, score_list = heavy_before.tolist(), light_before.tolist(), sorted_scores.tolist()
+    above_max = torch.nextafter(sorted_scores[-1:], torch.tensor([float("inf")]))
+    points = []
+    for k in boundaries:
+        threshold = score_list[k] if k < samples else float(above_max[0])
+        correct = heavy_list[k] + light_total - light_list[k]
+        points.append(SweepPoint(threshold, k, k / samples, 100.0 * correct / samples))
+    _mark_pareto(points)
+    return Sweep(signal, samples, 100.0 * light_total / samples,
+                 100.0 * int(heavy_before[-1]) / samples, points)
+
+
+def point_at_threshold(light_logits: torch.Tensor, heavy_logits: torch.Tensor, labels: torch.Tensor,
+                       signal: str, threshold: float) -> SweepPoint:
+    """The operating point of a given threshold on a data set."""
+    to_heavy = heavy_mask(compute_signal(signal, light_logits).cpu(), threshold)
+    predictions = torch.where(to_heavy, heavy_logits.argmax(dim=1), light_logits.argmax(dim=1))
+    samples = len(labels)
+    calls = int(to_heavy.sum())
+    top1 = 100.0 * int(predictions.eq(labels).sum()) / samples
+    return SweepPoint(float(torch.tensor(threshold, dtype=torch.float32)), calls, calls / samples, top1)
+
+
+def select_point(sweep: Sweep, objective: Objective, light_logits: torch.Tensor | None = None,
+                 heavy_logits: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> SweepPoint:
+    """The operating point that meets `objective` on the sweep's data."""
+    objective.validate()
+    if objective.kind == "match-heavy":
+        target = sweep.heavy_top1 - objective.value
+        # the last point (all heavy) equals the heavy accuracy, so this always finds one
+        return next(p for p in sweep.points if p.top1 >= target - 1e-9)
+    if objective.kind == "max-heavy-fraction":
+        allowed = [p for p in sweep.points if p.heavy_calls <= objective.value * sweep.samples + 1e-9]
+        return max(allowed, key=lambda p: (p.top1, -p.heavy_calls))
+    if light_logits is None or heavy_logits is None or labels is None:
+        raise UsageError("a fixed --threshold needs the calibration logits to report its accuracy")
+    return point_at_threshold(light_logits, heavy_logits, labels, sweep.signal, objective.value)
