@@ -46,8 +46,8 @@ ModelOpt = Annotated[Optional[str], typer.Option(
 CheckpointOpt = Annotated[Optional[Path], typer.Option(
     "--checkpoint", "-c", help="Weights: .safetensors, or .pth/.pt/.th loaded with weights_only=True.")]
 PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Ask timm for hub weights (needs network).")]
-DataOpt = Annotated[Path, typer.Option(
-    "--data", "-d", help="ImageFolder root (class folders, or train/ and val/), .npz (images, labels), or synthetic:N.")]
+DataOpt = Annotated[Optional[Path], typer.Option(
+    "--data", "-d", help="(required) ImageFolder root (class folders, or train/ and val/), .npz (images, labels), or synthetic:N.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for sampling and initialisation.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
@@ -69,3 +69,10 @@ def parse_floats(text: Optional[str], option: str) -> Optional[tuple[float, ...]
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise UsageError(f"{option} {text!r}: expected comma-separated numbers") from None
+
+
+def require(value: Any, option: str) -> Any:
+    """A required option that may also come from --config (so it cannot be a Typer-required one)."""
+    if value is None:
+        raise UsageError(f"missing option {option}")
+    return value

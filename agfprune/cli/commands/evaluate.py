@@ -16,7 +16,7 @@ def eval_command(
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     pretrained: o.PretrainedOpt = False,
-    data: o.DataOpt = Path("data"),
+    data: o.DataOpt = None,
     batch_size: o.BatchSizeOpt = 128,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
@@ -38,6 +38,7 @@ def eval_command(
     from agfprune.core.device import resolve_device, seed_everything
     from agfprune.core.evaluate import count_cost, evaluate_accuracy, measure_latency
 
+    o.require(data, "--data")
     torch_device = resolve_device(device)
     seed_everything(seed)
     progress = RichProgress(quiet)
