@@ -7,6 +7,7 @@ command module imports only Typer at top level, so `agfprune --help` starts fast
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -114,9 +115,10 @@ def run(argv: list[str] | None = None) -> int:
     except click_exceptions.ClickException as exc:
         command = exc.ctx.command_path if getattr(exc, "ctx", None) else "agfprune"
         return _fail(f"{exc.format_message()} (see `{command} --help`)", exc.exit_code)
-    except click_exceptions.Exit as exc:
-        return exc.exit_code
-    except (KeyboardInterrupt, click_exceptions.Abort):
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, 'exit_code', getattr(exc, 'code', 0))
+        return int(code) if isinstance(code, int) else (0 if code is None else 1)
+    except (KeyboardInterrupt, typer.Abort):
         return _fail("interrupted", EXIT_INTERRUPTED)
     except _Terminated:
         return _fail("terminated", 128 + signal.SIGTERM)
@@ -132,4 +134,10 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(run())
+    code = run()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # `agfprune ... | head` closed the pipe: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(code)

@@ -1,0 +1,68 @@
+"""`agfprune compare`: the metric stress test (metric × ratio × seed), resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agfprune.cli import options as o
+
+DEFAULT_METRICS = "agf,taylor,magnitude-l1,magnitude-l2,bn-scale,wanda,ria,snip,random"
+
+
+def compare_command(
+    model: o.ModelOpt = None,
+    checkpoint: o.CheckpointOpt = None,
+    calib_data: Annotated[Optional[Path], typer.Option(
+        "--calib-data", help="(required) Images for calibration, BN recalibration and finetuning (train/ split).")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option(
+        "--eval-data", help="(required) Images to report accuracy on (val/ split).")] = None,
+    metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated metric names.")] = DEFAULT_METRICS,
+    ratios: Annotated[str, typer.Option("--ratios", help="Comma-separated pruning ratios (see --target).")] = "0.5,0.75",
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1: vary calibration batches and random.")] = 3,
+    target: Annotated[str, typer.Option("--target", help="What --ratios remove: channels, params or macs.")] = "channels",
+    calib_batches: Annotated[int, typer.Option("--calib-batches", help="Calibration batches per seed.")] = 16,
+    calib_batch_size: Annotated[int, typer.Option("--calib-batch-size", help="Images per calibration batch.")] = 64,
+    bn_batches: Annotated[int, typer.Option("--bn-batches", help="BN recalibration batches after pruning (0: off).")] = 16,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Evaluate on a seeded subset.")] = None,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Equal finetuning budget per cell (0: none).")] = 0,
+    finetune_limit: Annotated[Optional[int], typer.Option("--finetune-limit", help="Images per finetuning epoch (seeded subset).")] = None,
+    finetune_lr: Annotated[float, typer.Option("--finetune-lr", help="Peak SGD learning rate (cosine schedule).")] = 0.01,
+    batch_size: o.BatchSizeOpt = 256,
+    workers: o.WorkersOpt = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="(required) Output folder (resumable).")] = None,
+    device: o.DeviceOpt = "auto",
+    json_output: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+    config: o.ConfigOpt = None,
+) -> None:
+    """Prune with every metric at every ratio and seed; report mean ± std, ranks, overlap and a plot.
+
+    Writes DIR/results.json, results.md, accuracy.png, timings.json and DIR/cells/*.json; running the
+    same command again reuses finished cells.
+    """
+    from agfprune.cli.common import load_model_from_options
+    from agfprune.cli.output import RichProgress, print_json, stdout
+    from agfprune.core.compare import CompareConfig, render_markdown, run_compare
+    from agfprune.core.device import resolve_device
+
+    o.require(calib_data, "--calib-data")
+    o.require(eval_data, "--eval-data")
+    o.require(out, "--out")
+    torch_device = resolve_device(device)
+    ratio_values = o.parse_floats(ratios, "--ratios") or ()
+    compare_config = CompareConfig(
+        calib_data=str(calib_data), eval_data=str(eval_data), out=Path(out),
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()], ratios=list(ratio_values), seeds=seeds,
+        target=target, calib_batches=calib_batches, calib_batch_size=calib_batch_size, bn_batches=bn_batches,
+        eval_limit=eval_limit, eval_batch_size=batch_size, finetune_epochs=finetune_epochs,
+        finetune_limit=finetune_limit, finetune_lr=finetune_lr, finetune_batch_size=64, workers=workers)
+    compare_config.validate()
+    loaded = load_model_from_options(model, checkpoint, False, torch_device)
+    results = run_compare(loaded, compare_config, torch_device, RichProgress(quiet))
+    if json_output:
+        print_json({k: v for k, v in results.items() if k != "cells"})
+    else:
+        stdout.print(render_markdown(results), markup=False, highlight=False)
