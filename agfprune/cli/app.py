@@ -116,8 +116,11 @@ def run(argv: list[str] | None = None) -> int:
         command = exc.ctx.command_path if getattr(exc, "ctx", None) else "agfprune"
         return _fail(f"{exc.format_message()} (see `{command} --help`)", exc.exit_code)
     except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, 'exit_code', getattr(exc, 'code', 0))
-        return int(code) if isinstance(code, int) else (0 if code is None else 1)
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        code = int(code) if isinstance(code, int) else (0 if code is None else 1)
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+            return _fail("interrupted", EXIT_INTERRUPTED)
+        return code
     except (KeyboardInterrupt, typer.Abort):
         return _fail("interrupted", EXIT_INTERRUPTED)
     except _Terminated:

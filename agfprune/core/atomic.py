@@ -15,15 +15,25 @@ from pathlib import Path
 from agfprune.core.errors import OutputError
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `target` on success."""
+def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto `target` on success.
+
+    `suffix` lets writers that look at file extensions (ONNX, safetensors readers) use the temp file.
+    """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=folder)
         os.close(handle)
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get normal permissions
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)

@@ -1,0 +1,48 @@
+"""`agfprune export`: ONNX, TorchScript or safetensors, each verified against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agfprune.cli import options as o
+
+
+def export_command(
+    checkpoint_arg: Annotated[Path, typer.Argument(
+        metavar="CHECKPOINT", help="Checkpoint to export (pruned or dense).")],
+    export_format: Annotated[str, typer.Option(
+        "--format", "-f", help="onnx (dynamic batch axis; needs the [export] extra), torchscript or safetensors.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
+    model: o.ModelOpt = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", help="Batch size of the example input (parity is also checked at 1 and N+1).")] = 2,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset [default: the exporter's].")] = None,
+    torchscript_mode: Annotated[str, typer.Option(
+        "--torchscript-mode", help="trace (works for most models) or script (keeps control flow).")] = "trace",
+    img_size: o.ImgSizeOpt = None,
+    seed: o.SeedOpt = 0,
+    json_output: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+    config: o.ConfigOpt = None,
+) -> None:
+    """Export a checkpoint and check the export against PyTorch (fails above a max abs diff of 1e-4)."""
+    from agfprune.cli.common import data_config_from_options, load_model_from_options
+    from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
+    from agfprune.core.export import export_model
+
+    loaded = load_model_from_options(model, checkpoint_arg, False, "cpu")
+    loaded.data_config = data_config_from_options(loaded, img_size, None, None)
+    report = export_model(loaded, export_format.lower(), out, batch_size=batch_size, opset=opset,
+                          torchscript_mode=torchscript_mode.lower(), seed=seed, progress=RichProgress(quiet))
+    document = report.as_dict()
+    if json_output:
+        print_json(document)
+        return
+    rows = {"format": report.format, "file": report.path, "model": report.arch,
+            "max abs diff": f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g})",
+            "checked batch sizes": ", ".join(map(str, report.batch_sizes)), "bytes": report.bytes,
+            **{k.replace("_", " "): v for k, v in report.detail.items()}}
+    stdout.print(key_value_table(f"export {report.arch}", rows))

@@ -1,0 +1,458 @@
+"""One calibration pass: forward + backward over seeded batches, collecting by streaming sums every
+statistic the metrics need (AGF, Taylor, input norms, parameter gradients), never per-sample
+activations.
+
+Hooks: a forward hook on each Conv/Linear/norm layer registers a tensor hook on its output, so
+that |a * dL/da| is reduced per channel during backward while both tensors are alive anyway; a
+forward pre-hook sums the squared layer input per input channel (Wanda/RIA); the attention
+projection of timm ViTs also gets input-side AGF/Taylor sums, so heads (proj input features) are
+scorable. Parameter gradients simply accumulate in `.grad` across batches (SNIP).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from agfprune import __version__
+from agfprune.core.atomic import atomic_path
+from agfprune.core.device import autocast
+from agfprune.core.errors import DataError, ModelError, NumericalError, UsageError
+from agfprune.core.fingerprint import model_fingerprint
+from agfprune.core.progress import SILENT, Progress
+
+FORMAT_NAME = "agfprune-calibration"
+FORMAT_VERSION = 1
+TARGETS = ("labels", "self")
+NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+WEIGHT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+_KINDS = ("out_abs", "out_taylor", "in_abs", "in_taylor", "in_sq", "grad")
+
+
+@dataclass
+class CalibrationStats:
+    """Streaming sums per module name (and per parameter name for gradients), plus provenance.
+
+    out_abs[m][c]    = sum over samples and positions of |a_c * dL/da_c| (a = output of module m)
+    out_taylor[m][c] = sum over samples of |sum over positions of a_c * dL/da_c|
+    in_abs/in_taylor = the same for the *input* of attention projections (head features)
+    in_sq[m][c]      = sum over samples and positions of x_c^2 (x = input of Conv/Linear m)
+    grad[p]          = sum over batches of dL/dp (L = the batch's mean loss)
+    counts[kind][m]  = number of (sample, position) pairs summed for that entry
+    """
+
+    out_abs: dict[str, torch.Tensor] = field(default_factory=dict)
+    out_taylor: dict[str, torch.Tensor] = field(default_factory=dict)
+    in_abs: dict[str, torch.Tensor] = field(default_factory=dict)
+    in_taylor: dict[str, torch.Tensor] = field(default_factory=dict)
+    in_sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    grad: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=lambda: {"out": {}, "in": {}, "in_sq": {}})
+    samples: int = 0
+    batches: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # ---- derived quantities the metrics read -------------------------------------------------
+    def agf(self, module: str, side: str = "out") -> torch.Tensor | None:
+        """Mean |a * dL/da| per channel over all samples and positions (the AGF utility)."""
+        sums = self.out_abs if side == "out" else self.in_abs
+        if module not in sums:
+            return None
+        return sums[module] / max(1, self.counts["out" if side == "out" else "in"].get(module, 1))
+
+    def taylor(self, module: str, side: str = "out") -> torch.Tensor | None:
+        """Mean over samples of |sum over positions of a * dL/da| (Molchanov et al. 2017)."""
+        sums = self.out_taylor if side == "out" else self.in_taylor
+        if module not in sums:
+            return None
+        return sums[module] / max(1, self.samples)
+
+    def input_norm(self, module: str) -> torch.Tensor | None:
+        """||X_c||_2 of each input channel over every calibration sample and position (Wanda)."""
+        if module not in self.in_sq:
+            return None
+        return self.in_sq[module].clamp_min(0).sqrt()
+
+    def mean_grad(self, parameter: str) -> torch.Tensor | None:
+        """dL/dp averaged over the calibration batches."""
+        if parameter not in self.grad:
+            return None
+        return self.grad[parameter] / max(1, self.batches)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.metadata.get("fingerprint")
+
+
+# ---- hooks ---------------------------------------------------------------------------------------
+
+def _expected_channels(module: nn.Module) -> int | None:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, nn.LayerNorm):
+        return int(module.normalized_shape[0]) if len(module.normalized_shape) == 1 else None
+    return None
+
+
+def _channel_dim(module: nn.Module, tensor: torch.Tensor, channels: int | None) -> int | None:
+    """Which dimension of `tensor` holds the module's channels (1 for NCHW, last for tokens)."""
+    if channels is None or tensor.ndim < 2:
+        return None
+    channels_last = isinstance(module, nn.Linear) or (
+        isinstance(module, nn.LayerNorm) and not type(module).__name__.endswith("2d"))
+    order = (tensor.ndim - 1, 1) if channels_last else (1, tensor.ndim - 1)
+    for dim in order:
+        if tensor.shape[dim] == channels:
+            return dim
+    return None
+
+
+def _attention_projections(model: nn.Module) -> set[nn.Module]:
+    """Output projections of multi-head attention blocks (timm ViT style: .qkv, .proj, .num_heads)."""
+    found = set()
+    for module in model.modules():
+        proj = getattr(module, "proj", None)
+        if hasattr(module, "num_heads") and hasattr(module, "qkv") and isinstance(proj, nn.Linear):
+            found.add(proj)
+    return found
+
+
+def _flatten(tensor: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """A (N, C, P) view for channels-first or a (N, P, C) view for channels-last tensors
+    (P = all positions), so that reductions run over contiguous memory; None for (N, C)."""
+    if tensor.ndim == 2:
+        return None
+    if dim == 1:
+        return tensor.reshape(tensor.shape[0], tensor.shape[1], -1)
+    if dim == tensor.ndim - 1:
+        return tensor.reshape(tensor.shape[0], -1, tensor.shape[-1])
+    return tensor.movedim(dim, -1).reshape(tensor.shape[0], -1, tensor.shape[dim])
+
+
+def _per_sample_sums(product: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C) sums over positions, plus the flattened view they came from."""
+    flat = _flatten(product, dim)
+    if flat is None:
+        return product, None
+    if dim != 1 and dim != product.ndim - 1:
+        flat = flat.clone()  # movedim made a copy-free view; keep abs_ off the caller's tensor
+        return flat.sum(dim=1), flat
+    return (flat.sum(dim=2) if dim == 1 else flat.sum(dim=1)), flat
+
+
+def _channel_square_sums(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of x_c^2 over samples and positions, one contiguous pass (no squared copy)."""
+    flat = _flatten(x, dim)
+    if flat is None:
+        return torch.linalg.vector_norm(x, ord=2, dim=0).square()
+    if dim == 1:
+        return torch.linalg.vector_norm(flat, ord=2, dim=2).square().sum(dim=0)
+    return torch.linalg.vector_norm(flat.reshape(-1, flat.shape[-1]), ord=2, dim=0).square()
+
+
+class _Collector:
+    """Owns the accumulators and the hooks of one calibration run."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+        self.model = model
+        self.dtype = dtype
+        self.device = device
+        self.stats = CalibrationStats()
+        self.handles: list[Any] = []
+        self.clone_outputs: set[str] = set()
+        self.modified_in_place: set[str] = set()
+        projections = _attention_projections(model)
+        for name, module in model.named_modules():
+            if isinstance(module, WEIGHT_TYPES + NORM_TYPES):
+                self.handles.append(module.register_forward_hook(self._output_hook(name, module)))
+            if isinstance(module, WEIGHT_TYPES):
+                self.handles.append(module.register_forward_pre_hook(
+                    self._input_hook(name, module, module in projections)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def reset(self) -> None:
+        self.stats = CalibrationStats()
+
+    def _accumulate(self, target: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
+        if name in target:
+            target[name] += value
+        else:
+            target[name] = value.to(self.dtype).clone()
+
+    def _tap(self, name: str, tensor: torch.Tensor, dim: int, side: str) -> None:
+        """Register the backward-time reduction of |a * g| for `tensor` (channel dimension `dim`)."""
+        clone = side == "out" and name in self.clone_outputs
+        value = tensor.detach().clone() if clone else tensor.detach()
+        version = value._version
+
+        def on_grad(grad: torch.Tensor) -> None:
+            if not clone and value._version != version:
+                # modified in place after the layer (e.g. `x += shortcut`): the held value is wrong
+                self.modified_in_place.add(name)
+                return
+            with torch.no_grad():
+                self._reduce(name, value, grad, dim, side)
+
+        tensor.register_hook(on_grad)
+
+    def _reduce(self, name: str, value: torch.Tensor, grad: torch.Tensor, dim: int, side: str) -> None:
+        if value.dtype != self.dtype or grad.dtype != self.dtype:
+            product = value.to(self.dtype) * grad.to(self.dtype)
+        else:
+            product = value * grad  # a fresh tensor, so the in-place abs_ below is safe
+        per_sample, flat = _per_sample_sums(product, dim)
+        taylor = per_sample.abs().sum(dim=0)
+        if flat is None:  # (N, C): no positions, so both sums coincide
+            absolute = taylor
+        elif dim == 1:
+            absolute = flat.abs_().sum(dim=2).sum(dim=0)
+        else:
+            absolute = flat.abs_().sum(dim=(0, 1))
+        abs_target, taylor_target = ((self.stats.out_abs, self.stats.out_taylor) if side == "out"
+                                     else (self.stats.in_abs, self.stats.in_taylor))
+        self._accumulate(abs_target, name, absolute)
+        self._accumulate(taylor_target, name, taylor)
+        counts = self.stats.counts[side]
+        counts[name] = counts.get(name, 0) + product.numel() // product.shape[dim]
+
+    def _output_hook(self, name: str, module: nn.Module):
+        channels = _expected_channels(module)
+
+        def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return
+            dim = _channel_dim(mod, output, channels)
+            if dim is not None:
+                self._tap(name, output, dim, "out")
+
+        return hook
+
+    def _input_hook(self, name: str, module: nn.Module, head_features: bool):
+        channels = module.in_channels if isinstance(module, nn.modules.conv._ConvNd) else module.in_features
+
+        def hook(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+            if not inputs or not isinstance(inputs[0], torch.Tensor):
+                return
+            x = inputs[0]
+            dim = _channel_dim(mod, x, channels)
+            if dim is None:
+                return
+            with torch.no_grad():
+                squares = _channel_square_sums(x.detach().to(self.dtype), dim)
+                self._accumulate(self.stats.in_sq, name, squares)
+                counts = self.stats.counts["in_sq"]
+                counts[name] = counts.get(name, 0) + x.numel() // x.shape[dim]
+            if head_features and x.requires_grad:
+                self._tap(name, x, dim, "in")
+
+        return hook
+
+    def finite(self) -> bool:
+        tensors = [t for kind in ("out_abs", "out_taylor", "in_abs", "in_taylor", "in_sq")
+                   for t in getattr(self.stats, kind).values()]
+        if not tensors:
+            return True
+        return bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors])).all())
+
+
+# ---- the pass ------------------------------------------------------------------------------------
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, target: str) -> torch.Tensor:
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if target == "self":
+        # KL(one-hot of the model's own top-1 || softmax) = CE against its argmax. (A soft target
+        # equal to the model's own softmax would have exactly zero gradient.)
+        return F.cross_entropy(logits, logits.detach().argmax(dim=1))
+    if labels.numel() and (int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0):
+        raise DataError(f"the data has label {int(labels.max())} but the model predicts only "
+                        f"{logits.shape[1]} classes (use --target self for unlabelled data)")
+    return F.cross_entropy(logits, labels)
+
+
+def _accumulator_dtype(model: nn.Module) -> torch.dtype:
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return torch.float64 if first is not None and first.dtype == torch.float64 else torch.float32
+
+
+def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | str, *, batches: int,
+              target: str = "labels", progress: Progress = SILENT, amp: bool = False,
+              metadata: Mapping[str, Any] | None = None) -> CalibrationStats:
+    """Run `batches` forward+backward passes (model in eval mode) and return the streamed sums.
+
+    The model's `.grad` fields are cleared before and after; weights are not changed.
+    """
+    if batches <= 0:
+        raise UsageError(f"--batches {batches}: must be positive")
+    if target not in TARGETS:
+        raise UsageError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
+    device = torch.device(device)
+    dtype = _accumulator_dtype(model)
+    was_training = model.training
+    model.eval()
+    fingerprint = model_fingerprint(model)
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    collector = _Collector(model, dtype, device)
+    started = time.perf_counter()
+    batch_size = 0
+    iterator = iter(loader)
+    try:
+        model.zero_grad(set_to_none=True)
+        for index in progress.track(range(batches), total=batches, description="calibrate"):
+            try:
+                images, labels = next(iterator)
+            except StopIteration:
+                raise DataError(f"--batches {batches}: the data gives only {index} batch(es) of "
+                                f"{batch_size or 'the requested size'}; use fewer batches or more data") from None
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            batch_size = max(batch_size, len(images))
+            _run_batch(model, collector, images, labels, target, amp, device, index, batches)
+            if collector.modified_in_place:
+                if index > 0:
+                    raise ModelError("layer outputs modified in place only after the first batch: "
+                                     + ", ".join(sorted(collector.modified_in_place)))
+                # redo the first batch holding copies of the outputs that later ops modify in place
+                collector.clone_outputs |= collector.modified_in_place
+                collector.modified_in_place.clear()
+                collector.reset()
+                model.zero_grad(set_to_none=True)
+                _run_batch(model, collector, images, labels, target, amp, device, index, batches)
+            collector.stats.samples += len(images)
+            collector.stats.batches += 1
+        stats = collector.stats
+        for name, parameter in parameters.items():
+            if parameter.grad is not None:
+                stats.grad[name] = parameter.grad.detach().to(dtype).clone()
+        if not all(bool(torch.isfinite(g).all()) for g in stats.grad.values()):
+            raise NumericalError("calibration produced NaN/Inf parameter gradients")
+    finally:
+        collector.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    stats = _to_cpu(collector.stats)
+    stats.metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "agfprune_version": __version__,
+        "fingerprint": fingerprint,
+        "batches": stats.batches,
+        "batch_size": batch_size,
+        "samples": stats.samples,
+        "target": target,
+        "device": str(device),
+        "amp": bool(amp and device.type == "cuda"),
+        "dtype": str(dtype).replace("torch.", ""),
+        "seconds": round(time.perf_counter() - started, 3),
+        **dict(metadata or {}),
+    }
+    return stats
+
+
+def _run_batch(model: nn.Module, collector: _Collector, images: torch.Tensor, labels: torch.Tensor,
+               target: str, amp: bool, device: torch.device, index: int, batches: int) -> None:
+    with autocast(device, amp):
+        logits = model(images)
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    loss = _loss(logits, labels, target)
+    if not bool(torch.isfinite(loss)):
+        raise NumericalError(f"calibration batch {index + 1}/{batches}: the loss is {loss.item()} "
+                             "(check the checkpoint and the input normalisation)")
+    loss.backward()
+    if not collector.finite():
+        raise NumericalError(f"calibration batch {index + 1}/{batches}: statistics became NaN/Inf "
+                             "(gradients overflowed; try without --amp)")
+
+
+def _to_cpu(stats: CalibrationStats) -> CalibrationStats:
+    for kind in _KINDS:
+        setattr(stats, kind, {k: v.detach().to("cpu") for k, v in getattr(stats, kind).items()})
+    return stats
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+def save_calibration(path: str | Path, stats: CalibrationStats) -> None:
+    """Write the sums as safetensors (keys `kind/name`) with JSON metadata, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{kind}/{name}": value.contiguous()
+               for kind in _KINDS for name, value in getattr(stats, kind).items()}
+    metadata = dict(stats.metadata)
+    metadata.update({"counts": stats.counts, "samples": stats.samples, "batches": stats.batches})
+    metadata.setdefault("format", FORMAT_NAME)
+    metadata.setdefault("format_version", FORMAT_VERSION)
+    encoded = {k: json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=encoded)
+
+
+def load_calibration(path: str | Path) -> CalibrationStats:
+    """Read a file written by save_calibration; ModelError when it is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"calibration file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            raw = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: not a readable calibration file ({str(exc).splitlines()[0][:160]})") from None
+    metadata: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            metadata[key] = json.loads(value)
+        except ValueError:
+            metadata[key] = value
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelError(f"{path}: not an agfprune calibration file (run `agfprune calibrate`)")
+    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelError(f"{path}: calibration format {metadata['format_version']} is newer than this "
+                         f"agfprune supports ({FORMAT_VERSION}); upgrade agfprune")
+    stats = CalibrationStats()
+    for key, value in tensors.items():
+        kind, _, name = key.partition("/")
+        if kind in _KINDS:
+            getattr(stats, kind)[name] = value
+    stats.counts = {k: {n: int(c) for n, c in v.items()}
+                    for k, v in (metadata.pop("counts", None) or {"out": {}, "in": {}, "in_sq": {}}).items()}
+    for side in ("out", "in", "in_sq"):
+        stats.counts.setdefault(side, {})
+    stats.samples = int(metadata.get("samples", 0))
+    stats.batches = int(metadata.get("batches", 0))
+    metadata["path"] = str(path)
+    stats.metadata = metadata
+    return stats
+
+
+def check_matches(stats: CalibrationStats, loaded_model: Any) -> None:
+    """ModelError unless the calibration was made with exactly these weights."""
+    actual = getattr(loaded_model, "fingerprint", None)
+    if not isinstance(actual, str):
+        module = getattr(loaded_model, "model", loaded_model)
+        actual = model_fingerprint(module)
+    expected = stats.fingerprint
+    source = stats.metadata.get("path", "the calibration")
+    if expected != actual:
+        recorded = stats.metadata.get("model") or "another model"
+        raise ModelError(f"{source} was made for weights {expected} ({recorded}), but the given model "
+                         f"has fingerprint {actual}; rerun `agfprune calibrate` with this model")

@@ -1,0 +1,520 @@
+"""Fine-tuning driver: epochs of `Trainer` steps, validation, best/last checkpoints, resumable state.
+
+Outputs for `--out NAME.safetensors` (see docs/finetune.md):
+  NAME.safetensors       best weights by validation top-1 (same checkpoint format as the input,
+                         so pruned structure, pruning record, timm kwargs and data config carry over)
+  NAME.last.safetensors  weights after the last finished epoch
+  NAME.state.pt          resumable training state (tensors + plain values, read with weights_only=True)
+  NAME.log.jsonl         one JSON object per epoch (epoch 0 = before training)
+
+Resuming is exact on CPU: the sample order comes from a seeded per-epoch permutation, and every
+sample's augmentation from its own seed (seed, epoch, index), so skipping the finished batches of
+an epoch reproduces the rest of it without replaying the data or the global random streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from agfprune.core.atomic import atomic_path, check_writable, write_text_atomic
+from agfprune.core.checkpoint import write_checkpoint
+from agfprune.core.data import build_transform, dataset_classes, open_dataset, subsample
+from agfprune.core.device import autocast, resolve_device, seed_everything
+from agfprune.core.distributed import (DistContext, all_reduce_sum, barrier, init_distributed,
+                                       shard_indices, shutdown, unwrap, wrap_model)
+from agfprune.core.errors import DataError, ModelError, UsageError
+from agfprune.core.evaluate import Accuracy
+from agfprune.core.models import LoadedModel, load_model
+from agfprune.core.progress import SILENT, Progress
+from agfprune.core.train import OPTIMIZERS, LossConfig, Trainer, WarmupCosine, build_optimizer
+
+STATE_FORMAT = "agfprune-finetune-state"
+STATE_VERSION = 1
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+# Metadata written by write_checkpoint itself, or describing how the *source* weights were trained.
+RESERVED_METADATA = {"format", "format_version", "agfprune_version", "timm_model", "arch", "timm_kwargs",
+                     "data_config", "structure", "fingerprint", "result", "recipe", "finetune"}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything `agfprune finetune` takes; `None` learning rate / weight decay pick per-optimiser defaults."""
+
+    checkpoint: Path
+    data: str
+    out: Path
+    val: str | None = None
+    model: str | None = None
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    teacher: str | None = None
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    batch_size: int = 128
+    workers: int = 0
+    limit: int | None = None
+    val_limit: int | None = None
+    save_every: int = 200
+    state: Path | None = None
+    log: Path | None = None
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    eval_initial: bool = True
+
+
+@dataclass
+class FinetuneOutputs:
+    best: Path
+    last: Path
+    state: Path
+    log: Path
+
+
+def output_paths(out: Path, state: Path | None = None, log: Path | None = None) -> FinetuneOutputs:
+    """NAME.safetensors (best), NAME.last.safetensors, NAME.state.pt, NAME.log.jsonl."""
+    out = Path(out)
+    stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.stem
+    return FinetuneOutputs(best=out, last=out.with_name(f"{stem}.last.safetensors"),
+                           state=Path(state) if state else out.with_name(f"{stem}.state.pt"),
+                           log=Path(log) if log else out.with_name(f"{stem}.log.jsonl"))
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced; `epochs` holds the per-epoch log records."""
+
+    outputs: FinetuneOutputs
+    arch: str
+    initial: dict[str, Any] | None
+    final: dict[str, Any]
+    best_top1: float
+    best_epoch: int
+    epochs: list[dict[str, Any]]
+    train_samples: int
+    world_size: int
+    resumed_at_step: int | None
+    source_fingerprint: str
+    best_fingerprint: str | None = None
+    run_fingerprint: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["outputs"] = {k: str(v) for k, v in asdict(self.outputs).items()}
+        return document
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: per-sample seeded augmentation and a sampler that can start mid-epoch
+
+
+class EpochSeededDataset(Dataset):
+    """Runs each sample's transform under its own seed (seed, epoch, index), leaving the global
+    Python/NumPy/torch random streams untouched, so augmentation does not depend on worker count,
+    on rank, or on where a resumed run restarted."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        sample_seed = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % (2**63)
+        with _isolated_rng(sample_seed):
+            return self.dataset[index]
+
+
+@contextlib.contextmanager
+def _isolated_rng(seed: int) -> Iterator[None]:
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (seeded permutation per epoch, one shard per rank) that can skip the
+    first `skip` samples of its shard — the batches a resumed run already trained on."""
+
+    def __init__(self, dataset: Dataset, context: DistContext, seed: int) -> None:
+        super().__init__(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True,
+                         seed=seed, drop_last=False)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.skip)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation
+
+
+def _validate_config(config: FinetuneConfig) -> None:
+    if config.epochs < 1:
+        raise UsageError(f"--epochs {config.epochs}: must be ≥ 1")
+    if config.optimizer not in OPTIMIZERS:
+        raise UsageError(f"--optimizer {config.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if config.batch_size <= 0:
+        raise UsageError(f"--batch-size {config.batch_size}: must be positive")
+    if config.workers < 0:
+        raise UsageError(f"--workers {config.workers}: must be ≥ 0")
+    if config.save_every < 0:
+        raise UsageError(f"--save-every {config.save_every}: must be ≥ 0 (0 = only at epoch ends)")
+    if not 0 <= config.warmup_epochs <= config.epochs:
+        raise UsageError(f"--warmup-epochs {config.warmup_epochs}: must be between 0 and --epochs")
+    for name, value in (("--limit", config.limit), ("--val-limit", config.val_limit)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} {value}: must be positive")
+    if not str(config.out).endswith(".safetensors"):
+        raise UsageError(f"--out {config.out}: must end in .safetensors")
+    LossConfig(config.label_smoothing, config.kd_alpha, config.kd_temperature).validate()
+
+
+def _load_teacher(spec: str, student: LoadedModel, device: torch.device, progress: Progress) -> LoadedModel:
+    """A teacher from a checkpoint path or a timm name (hub weights); it must predict the same classes."""
+    path = Path(spec)
+    if path.exists() or path.suffix in (".safetensors", ".pth", ".pt", ".th", ".bin", ".ckpt"):
+        teacher = load_model(checkpoint=path, device=device)
+    else:
+        teacher = load_model(spec, pretrained=True, device=device)
+    if teacher.num_classes != student.num_classes:
+        raise ModelError(f"--teacher {spec}: predicts {teacher.num_classes} classes, but the model being "
+                         f"fine-tuned predicts {student.num_classes}; distillation needs the same classes")
+    if tuple(teacher.input_size) != tuple(student.input_size):
+        raise ModelError(f"--teacher {spec}: expects input {tuple(teacher.input_size)}, the student "
+                         f"{tuple(student.input_size)}; both must see the same images")
+    for key in ("mean", "std"):
+        if tuple(teacher.data_config.get(key, ())) != tuple(student.data_config.get(key, ())):
+            progress.log(f"warning: teacher {key} {teacher.data_config.get(key)} differs from the student's "
+                         f"{student.data_config.get(key)}; the teacher sees the student's normalisation")
+    for parameter in teacher.model.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+def _open_data(config: FinetuneConfig, data_config: dict[str, Any], num_classes: int) -> tuple[Dataset, Dataset]:
+    train = open_dataset(config.data, "train", build_transform(data_config, train=True))
+    val_source = config.val
+    if val_source is None:
+        from agfprune.core.data import resolve_image_root
+
+        data_path = Path(config.data)
+        if str(config.data).startswith("synthetic:"):
+            val_source = config.data
+        elif data_path.is_dir() and resolve_image_root(data_path, "val") != data_path:
+            val_source = str(data_path)
+        else:
+            raise DataError(f"no validation data: --data {config.data} has no val/ split; pass --val PATH")
+    val = open_dataset(val_source, "val", build_transform(data_config, train=False))
+    for name, dataset in (("--data", train), ("--val", val)):
+        classes = dataset_classes(dataset)
+        if classes > num_classes:
+            raise DataError(f"{name}: the data has {classes} classes but the model predicts {num_classes}")
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise DataError(f"{name}: the data set is empty")
+    return subsample(train, config.limit, config.seed), subsample(val, config.val_limit, config.seed + 1)
+
+
+def _run_key(config: FinetuneConfig, loaded: LoadedModel, teacher: LoadedModel | None, lr: float,
+             weight_decay: float, train_samples: int, context: DistContext) -> dict[str, Any]:
+    """What must match for a state file to be resumed: the source weights and the recipe."""
+    return {
+        "source_fingerprint": loaded.fingerprint, "arch": loaded.arch,
+        "teacher_fingerprint": teacher.fingerprint if teacher else None,
+        "optimizer": config.optimizer, "lr": lr, "weight_decay": weight_decay, "momentum": config.momentum,
+        "epochs": config.epochs, "warmup_epochs": config.warmup_epochs,
+        "label_smoothing": config.label_smoothing,
+        "kd_alpha": config.kd_alpha if teacher else 0.0, "kd_temperature": config.kd_temperature,
+        "batch_size": config.batch_size, "seed": config.seed, "train_samples": train_samples,
+        "world_size": context.world_size,
+    }
+
+
+def _fingerprint(run_key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(run_key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable state
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss),
+                  float(cached)],
+        "torch": torch.get_rng_state(),
+        "loader": generator.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_state(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_state(path: Path, run_fingerprint: str, run_key: dict[str, Any]) -> dict[str, Any]:
+    """Read a state file (weights_only) and refuse it when it belongs to another run."""
+    if not path.exists():
+        raise UsageError(f"--resume: state file {path} not found (run without --resume to start)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign files raise many types
+        raise ModelError(f"{path}: not a readable finetune state file ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ModelError(f"{path}: not an agfprune finetune state file")
+    if state.get("run_fingerprint") != run_fingerprint:
+        recorded = json.loads(state.get("run_key", "{}"))
+        differences = [f"{k} {recorded.get(k)!r} vs {v!r}" for k, v in run_key.items() if recorded.get(k) != v]
+        raise ModelError(f"{path}: resume state belongs to another run (recorded vs now: "
+                         f"{'; '.join(differences[:4]) or 'unknown'}); use the same checkpoint and options, "
+                         "or start fresh without --resume")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (sharded over ranks, summed exactly)
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, dataset: Dataset, context: DistContext, device: torch.device,
+             batch_size: int, workers: int, amp: bool, progress: Progress = SILENT) -> Accuracy:
+    """Top-1/top-5/loss over the whole validation set; each rank evaluates its shard."""
+    model.eval()
+    shard = Subset(dataset, shard_indices(len(dataset), context))  # type: ignore[arg-type]
+    sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, count
+    if len(shard):
+        loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=device.type == "cuda")
+        for images, labels in progress.track(loader, total=len(loader), description="validate"):
+            with autocast(device, amp):
+                logits = model(images.to(device, non_blocking=True)).float().cpu()
+            if labels.numel() and int(labels.max()) >= logits.shape[1]:
+                raise DataError(f"the data has label {int(labels.max())} but the model predicts only "
+                                f"{logits.shape[1]} classes")
+            topk = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None])
+            sums += torch.tensor([topk[:, 0].sum().item(), topk.any(dim=1).sum().item(),
+                                  F.cross_entropy(logits, labels, reduction="sum").item(), len(labels)],
+                                 dtype=torch.float64)
+    all_reduce_sum(sums, context)
+    count = max(1.0, sums[3].item())
+    return Accuracy(top1=100.0 * sums[0].item() / count, top5=100.0 * sums[1].item() / count,
+                    loss=sums[2].item() / count, samples=int(sums[3].item()))
+
+
+def _accuracy_record(accuracy: Accuracy) -> dict[str, Any]:
+    return {"val_top1": round(accuracy.top1, 4), "val_top5": round(accuracy.top5, 4),
+            "val_loss": round(accuracy.loss, 6) if math.isfinite(accuracy.loss) else None,
+            "val_samples": accuracy.samples}
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def finetune(config: FinetuneConfig, progress: Progress = SILENT) -> FinetuneResult:
+    """Fine-tune `config.checkpoint` on `config.data`, keeping the best and last weights."""
+    _validate_config(config)
+    outputs = output_paths(config.out, config.state, config.log)
+    for path in (outputs.best, outputs.last, outputs.state, outputs.log):
+        check_writable(path)
+    context, device = init_distributed(resolve_device(config.device))
+    if not context.is_main:
+        progress = SILENT
+    try:
+        return _finetune(config, outputs, context, device, progress)
+    finally:
+        shutdown(context)
+
+
+def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistContext,
+              device: torch.device, progress: Progress) -> FinetuneResult:
+    seed_everything(config.seed)
+    loaded = load_model(config.model, config.checkpoint, device=device)
+    teacher = _load_teacher(config.teacher, loaded, device, progress) if config.teacher else None
+    train_set, val_set = _open_data(config, loaded.data_config, loaded.num_classes)
+    lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
+    weight_decay = config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY[config.optimizer]
+    run_key = _run_key(config, loaded, teacher, lr, weight_decay, len(train_set), context)  # type: ignore[arg-type]
+    run_fingerprint = _fingerprint(run_key)
+    state = load_state(outputs.state, run_fingerprint, run_key) if config.resume else None
+
+    seeded_train = EpochSeededDataset(train_set, config.seed)
+    sampler = ResumableSampler(seeded_train, context, config.seed)
+    per_rank = sampler.num_samples
+    drop_last = per_rank > config.batch_size
+    steps_per_epoch = per_rank // config.batch_size if drop_last else 1
+    total_steps = steps_per_epoch * config.epochs
+
+    model = loaded.model
+    optimizer = build_optimizer(model, config.optimizer, lr, weight_decay, config.momentum)
+    schedule = WarmupCosine(optimizer, total_steps, round(config.warmup_epochs * steps_per_epoch))
+    loss_config = LossConfig(config.label_smoothing, config.kd_alpha if teacher else 0.0, config.kd_temperature)
+    generator = torch.Generator()
+
+    start_epoch, start_step, global_step = 0, 0, 0
+    records: list[dict[str, Any]] = []
+    initial: dict[str, Any] | None = None
+    best_top1, best_epoch = -1.0, 0
+    loss_sum, loss_count, epoch_seconds = 0.0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        start_epoch, start_step, global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
+        records = json.loads(state["records"])
+        initial = json.loads(state["initial"]) if state.get("initial") else None
+        best_top1, best_epoch = float(state["best_top1"]), int(state["best_epoch"])
+        loss_sum, loss_count = float(state["epoch_loss_sum"]), int(state["epoch_loss_count"])
+        epoch_seconds = float(state["epoch_seconds"])
+        progress.log(f"resuming {outputs.state}: epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch}")
+
+    trainer = Trainer(wrap_model(model, context, device), optimizer, schedule, loss_config, device,
+                      teacher.model if teacher else None, amp=config.amp)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        trainer.scaler.load_state_dict(state["scaler"])
+        _restore_rng(state["rng"], generator)
+
+    def write_weights(path: Path, kind: str, epoch: int, accuracy: Accuracy) -> str:
+        extra = {k: v for k, v in loaded.metadata.items() if k not in RESERVED_METADATA}
+        extra["finetune"] = {"kind": kind, "epoch": epoch, "epochs": config.epochs, **_accuracy_record(accuracy),
+                             "source": str(config.checkpoint), "teacher": config.teacher,
+                             "run_fingerprint": run_fingerprint, **{k: v for k, v in run_key.items()
+                                                                    if k not in ("arch",)}}
+        return write_checkpoint(path, model, arch=loaded.arch, timm_kwargs=loaded.timm_kwargs,
+                                data_config=loaded.data_config, structure=loaded.metadata.get("structure") or {},
+                                extra=extra)
+
+    def save_state(epoch: int, step_in_epoch: int) -> None:
+        if not context.is_main:
+            return
+        _save_state(outputs.state, {
+            "format": STATE_FORMAT, "version": STATE_VERSION,
+            "run_fingerprint": run_fingerprint, "run_key": json.dumps(run_key, sort_keys=True),
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "scaler": trainer.scaler.state_dict(), "rng": _rng_state(generator),
+            "best_top1": best_top1, "best_epoch": best_epoch,
+            "initial": json.dumps(initial) if initial else "", "records": json.dumps(records),
+            "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count, "epoch_seconds": epoch_seconds,
+        })
+
+    def write_log() -> None:
+        if context.is_main:
+            lines = ([{"epoch": 0, **initial}] if initial else []) + records
+            write_text_atomic(outputs.log, "".join(json.dumps(line) + "\n" for line in lines))
+
+    if state is None and config.eval_initial:
+        accuracy = validate(unwrap(trainer.model), val_set, context, device, config.batch_size,
+                            config.workers, config.amp, progress)
+        initial = _accuracy_record(accuracy)
+        progress.log(f"before fine-tuning: val top-1 {accuracy.top1:.2f}%")
+        write_log()
+
+    final = records[-1] if records else None
+    best_fingerprint = None
+    for epoch in range(start_epoch, config.epochs):
+        skip_steps = start_step if epoch == start_epoch else 0
+        seeded_train.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        sampler.skip = skip_steps * config.batch_size
+        generator.manual_seed(config.seed * 7919 + epoch)
+        loader = DataLoader(seeded_train, batch_size=config.batch_size, sampler=sampler,
+                            num_workers=config.workers, drop_last=drop_last, generator=generator,
+                            pin_memory=device.type == "cuda")
+        if skip_steps == 0:
+            loss_sum, loss_count, epoch_seconds = 0.0, 0, 0.0
+        started = time.perf_counter()
+        for step_in_epoch, (images, labels) in enumerate(
+                progress.track(loader, total=len(loader), description=f"epoch {epoch + 1}/{config.epochs}"),
+                start=skip_steps):
+            loss_sum += trainer.step(images, labels, global_step)
+            loss_count += 1
+            global_step += 1
+            if config.save_every and global_step % config.save_every == 0 and step_in_epoch + 1 < steps_per_epoch:
+                epoch_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save_state(epoch, step_in_epoch + 1)
+        epoch_seconds += time.perf_counter() - started
+        accuracy = validate(unwrap(trainer.model), val_set, context, device, config.batch_size,
+                            config.workers, config.amp, progress)
+        is_best = accuracy.top1 > best_top1
+        if is_best:
+            best_top1, best_epoch = accuracy.top1, epoch + 1
+        trained = steps_per_epoch * config.batch_size * context.world_size
+        record = {"epoch": epoch + 1, "global_step": global_step,
+                  "train_loss": round(loss_sum / max(1, loss_count), 6), "lr": schedule.last_lr(),
+                  **_accuracy_record(accuracy), "best": is_best, "seconds": round(epoch_seconds, 3),
+                  "images_per_second": round(trained / max(epoch_seconds, 1e-9), 2)}
+        records.append(record)
+        final = record
+        if context.is_main:
+            if is_best:
+                best_fingerprint = write_weights(outputs.best, "best", epoch + 1, accuracy)
+            write_weights(outputs.last, "last", epoch + 1, accuracy)
+            write_log()
+        progress.log(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}, "
+                     f"val top-1 {accuracy.top1:.2f}%{' (best)' if is_best else ''}, {epoch_seconds:.1f} s")
+        save_state(epoch + 1, 0)
+        barrier(context)
+
+    assert final is not None  # epochs ≥ 1, so at least one record exists
+    return FinetuneResult(
+        outputs=outputs, arch=loaded.arch, initial=initial, final=final, best_top1=round(best_top1, 4),
+        best_epoch=best_epoch, epochs=records, train_samples=len(train_set),  # type: ignore[arg-type]
+        world_size=context.world_size, resumed_at_step=int(state["global_step"]) if state else None,
+        source_fingerprint=loaded.fingerprint, best_fingerprint=best_fingerprint, run_fingerprint=run_fingerprint,
+    )

@@ -1,0 +1,450 @@
+"""Scores per dependency group, as the pruner sees them, and the scores.json report.
+
+Groups come from torch-pruning's DependencyGraph with the pruner's conventions: Conv/Linear
+roots, the classifier ignored by default, and attention groups re-rooted at the projection's input
+features (one score per head feature; heads = the mean over each head's features). A scores.json
+can then stand in for a metric when pruning (`load_scores(path).importance()`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from agfprune import __version__
+from agfprune.core.atomic import write_text_atomic
+from agfprune.core.errors import ModelError, UsageError
+from agfprune.core.metrics.base import Metric, group_key, group_layers, layer_slices
+
+FORMAT_NAME = "agfprune-scores"
+FORMAT_VERSION = 1
+ROOT_MODULE_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+SIGNIFICANT_DIGITS = 7
+
+__all__ = ["GroupScores", "LoadedScores", "MetricScores", "ScoreReport", "ScoreRequest", "run_scoring", "attention_heads", "build_graph",
+           "default_ignored_layers", "group_key", "iter_groups", "load_scores", "rank_agreement",
+           "score_model", "write_scores"]
+
+
+# ---- groups, the pruner's way ---------------------------------------------------------------------
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """{qkv layer: number of heads} for timm-style attention blocks (what tp pruners take as num_heads)."""
+    return {module.qkv: int(module.num_heads) for module in model.modules()
+            if hasattr(module, "num_heads") and isinstance(getattr(module, "qkv", None), nn.Linear)}
+
+
+def default_ignored_layers(model: nn.Module) -> list[nn.Module]:
+    """The classifier: pruning its outputs would drop classes."""
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return [classifier] if isinstance(classifier, nn.Module) and not isinstance(classifier, nn.Identity) else []
+
+
+def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> Any:
+    """A DependencyGraph traced in eval mode (tracing in train mode would move BatchNorm statistics)."""
+    import torch_pruning as tp
+
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    finally:
+        model.train(was_training)
+
+
+def _reroot_attention(graph: Any, group: Any, num_heads: dict[nn.Module, int]) -> Any:
+    """torch-pruning's `_downstream_node_as_root_if_attention`: root attention groups at proj input."""
+    is_attention = False
+    downstream = None
+    for dep, idxs in group:
+        if dep.source.module in num_heads and graph.is_out_channel_pruning_fn(dep.handler):
+            is_attention = True
+        if isinstance(dep.target.module, ROOT_MODULE_TYPES) and graph.is_in_channel_pruning_fn(dep.handler):
+            downstream, downstream_idxs = dep, idxs
+    if is_attention and downstream is not None:
+        return graph.get_pruning_group(downstream.target.module, downstream.handler, downstream_idxs)
+    return None
+
+
+def iter_groups(graph: Any, ignored_layers: Sequence[nn.Module] = (),
+                num_heads: dict[nn.Module, int] | None = None,
+                root_module_types: Sequence[type] = ROOT_MODULE_TYPES) -> Iterator[Any]:
+    """Every prunable group, attention groups re-rooted exactly as torch-pruning's pruners do."""
+    num_heads = num_heads or {}
+    for group in graph.get_all_groups(ignored_layers=list(ignored_layers), root_module_types=tuple(root_module_types)):
+        if any(graph.is_out_channel_pruning_fn(dep.handler) and dep.target.module in num_heads for dep, _ in group):
+            group = _reroot_attention(graph, group, num_heads)
+            if group is None:
+                continue
+        yield group
+
+
+def _group_heads(group: Any, num_heads: dict[nn.Module, int]) -> int | None:
+    """Heads of an attention group: qkv must be an *output* slice (a residual stream only reads qkv)."""
+    graph = group._DG
+    heads = [num_heads[dep.target.module] for dep, _ in group
+             if dep.target.module in num_heads and graph.is_out_channel_pruning_fn(dep.handler)]
+    return max(heads) if heads else None
+
+
+# ---- the report -------------------------------------------------------------------------------------
+
+def _round(value: float) -> float | None:
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+@dataclass
+class GroupScores:
+    """One group: its id, its layer slices, channel count, heads (attention) and scores."""
+
+    key: str
+    layers: list[str]
+    channels: int
+    scores: torch.Tensor
+    heads: int | None = None
+
+    def head_scores(self) -> torch.Tensor | None:
+        if not self.heads or self.channels % self.heads:
+            return None
+        return self.scores.reshape(self.heads, -1).mean(dim=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"key": self.key, "layers": self.layers, "channels": self.channels,
+                                    "heads": self.heads, "scores": [_round(float(v)) for v in self.scores]}
+        head_scores = self.head_scores()
+        if head_scores is not None:
+            document["head_scores"] = [_round(float(v)) for v in head_scores]
+        return document
+
+
+@dataclass
+class MetricScores:
+    """All group scores of one metric, plus the groups it could not score."""
+
+    metric: str
+    options: dict[str, Any]
+    requires_stats: bool
+    groups: list[GroupScores] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def layer_summaries(self) -> list[dict[str, Any]]:
+        """One row per output-side layer: the group that governs its channels and score range."""
+        rows = []
+        for group in self.groups:
+            values = group.scores.double()
+            for layer in group.layers:
+                name, _, side = layer.rpartition(":")
+                if side != "out":
+                    continue
+                rows.append({"layer": name, "group": group.key, "channels": group.channels,
+                             "min": _round(float(values.min())), "mean": _round(float(values.mean())),
+                             "max": _round(float(values.max()))})
+        return sorted(rows, key=lambda row: row["layer"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "options": self.options, "requires_stats": self.requires_stats,
+                "groups": [g.to_dict() for g in self.groups], "skipped_groups": self.skipped,
+                "layers": self.layer_summaries()}
+
+
+@dataclass
+class ScoreReport:
+    """Scores of one model under one or more metrics; serialises to docs/scores-schema.md."""
+
+    model: dict[str, Any]
+    metrics: dict[str, MetricScores]
+    calibration: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "agfprune_version": __version__,
+                "model": self.model, "calibration": self.calibration,
+                "metrics": {name: scores.to_dict() for name, scores in self.metrics.items()}}
+
+    def to_json(self) -> str:
+        """Deterministic text: sorted keys, floats rounded to 7 significant digits."""
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1, allow_nan=False) + "\n"
+
+
+def score_model(model: nn.Module, metric: Metric | Sequence[Metric], example_inputs: torch.Tensor,
+                ignored_layers: Sequence[nn.Module] | None = None, *,
+                num_heads: dict[nn.Module, int] | None = None, graph: Any = None,
+                model_info: dict[str, Any] | None = None,
+                calibration: dict[str, Any] | None = None) -> ScoreReport:
+    """Score every prunable group of `model` with one or several metrics (one graph trace)."""
+    metrics = [metric] if isinstance(metric, Metric) else list(metric)
+    if not metrics:
+        raise UsageError("no metric to score with")
+    graph = graph if graph is not None else build_graph(model, example_inputs)
+    ignored = default_ignored_layers(model) if ignored_layers is None else list(ignored_layers)
+    num_heads = attention_heads(model) if num_heads is None else num_heads
+    results = {m.name: MetricScores(m.name, m.options, m.requires_stats) for m in metrics}
+    for group in iter_groups(graph, ignored, num_heads):
+        key = group_key(group)
+        layers = group_layers(group)
+        heads = _group_heads(group, num_heads)
+        for item in metrics:
+            scores = item(group)
+            if scores is None:
+                results[item.name].skipped.append(key)
+                continue
+            if scores.numel() != len(group[0].idxs):
+                raise ModelError(f"metric {item.name} returned {scores.numel()} scores for group {key} "
+                                 f"of {len(group[0].idxs)} channels")
+            results[item.name].groups.append(GroupScores(key, layers, int(scores.numel()), scores.cpu(), heads))
+    from agfprune.core.fingerprint import model_fingerprint
+
+    info = {"fingerprint": model_fingerprint(model), **(model_info or {})}
+    return ScoreReport(model=info, metrics=results, calibration=calibration)
+
+
+def rank_agreement(report: ScoreReport, reference: str = "agf", top_fraction: float = 0.3) -> dict[str, dict[str, float]]:
+    """Per metric vs `reference`: mean over shared groups of Spearman rho of the channel rankings,
+    and of the overlap of the lowest-scored `top_fraction` channels (the ones a pruner removes)."""
+    if reference not in report.metrics:
+        return {}
+    base = {g.key: g.scores for g in report.metrics[reference].groups}
+    agreement = {}
+    for name, scores in report.metrics.items():
+        rhos, overlaps = [], []
+        for group in scores.groups:
+            other = base.get(group.key)
+            if other is None or other.numel() < 3:
+                continue
+            rhos.append(_spearman(group.scores, other))
+            count = max(1, int(round(top_fraction * other.numel())))
+            low_a = set(group.scores.argsort()[:count].tolist())
+            low_b = set(other.argsort()[:count].tolist())
+            overlaps.append(len(low_a & low_b) / count)
+        if rhos:
+            agreement[name] = {"spearman": _round(sum(rhos) / len(rhos)),
+                               "bottom_overlap": _round(sum(overlaps) / len(overlaps)), "groups": len(rhos)}
+    return agreement
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    rank_a = a.double().argsort().argsort().double()
+    rank_b = b.double().argsort().argsort().double()
+    rank_a, rank_b = rank_a - rank_a.mean(), rank_b - rank_b.mean()
+    denominator = float(rank_a.norm() * rank_b.norm())
+    return float((rank_a * rank_b).sum()) / denominator if denominator else 0.0
+
+
+def write_scores(path: str | Path, report: ScoreReport) -> None:
+    """Write scores.json atomically."""
+    write_text_atomic(path, report.to_json())
+
+
+# ---- reading scores back as an importance -----------------------------------------------------------
+
+class FileScoresImportance(Metric):
+    """A torch-pruning Importance that returns stored scores, looked up by group key."""
+
+    name = "file"
+
+    def __init__(self, scores: dict[str, torch.Tensor], source: str) -> None:
+        super().__init__(normalizer="none")
+        self.scores = scores
+        self.source = source
+
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        key = group_key(group)
+        scores = self.scores.get(key)
+        if scores is None:
+            return None
+        channels = [int(i) for i in group[0].idxs]
+        if channels and max(channels) >= scores.numel():
+            raise ModelError(f"{self.source}: group {key} has {scores.numel()} scores but the model's "
+                             f"group has channel {max(channels)}; rescore the current model")
+        return scores[torch.as_tensor(channels, dtype=torch.long)]
+
+
+@dataclass
+class LoadedScores:
+    """Scores of one metric from a scores.json: group key -> scores, plus where they came from."""
+
+    metric: str
+    scores: dict[str, torch.Tensor]
+    options: dict[str, Any]
+    model: dict[str, Any]
+    calibration: dict[str, Any] | None
+    path: str
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.model.get("fingerprint")
+
+    def importance(self) -> FileScoresImportance:
+        return FileScoresImportance(self.scores, self.path)
+
+
+def load_scores(path: str | Path, metric: str | None = None) -> LoadedScores:
+    """Read a scores.json; `metric` picks one when the file holds several (e.g. --metric all)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"scores file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable scores file ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        raise ModelError(f"{path}: not an agfprune scores file (run `agfprune score`)")
+    if int(document.get("version", 0)) > FORMAT_VERSION:
+        raise ModelError(f"{path}: scores format {document['version']} is newer than this agfprune supports")
+    metrics = document.get("metrics") or {}
+    if metric is None:
+        if len(metrics) != 1:
+            raise UsageError(f"{path} holds metrics {', '.join(metrics)}; name the one to use")
+        metric = next(iter(metrics))
+    if metric not in metrics:
+        raise UsageError(f"{path} has no scores for metric {metric!r} (it has {', '.join(metrics) or 'none'})")
+    entry = metrics[metric]
+    scores = {g["key"]: torch.tensor([float("nan") if v is None else v for v in g["scores"]], dtype=torch.float32)
+              for g in entry.get("groups", [])}
+    return LoadedScores(metric=metric, scores=scores, options=entry.get("options", {}),
+                        model=document.get("model", {}), calibration=document.get("calibration"), path=str(path))
+
+
+def layer_slice_names(group: Any) -> list[str]:
+    """Module names of the group's Conv/Linear/norm slices (handy for logs)."""
+    return [item.name for item in layer_slices(group)]
+
+
+# ---- the `score` command's engine -------------------------------------------------------------------
+
+_PROVENANCE_KEYS = ("model", "checkpoint", "pretrained", "fingerprint", "data", "split", "data_count", "batches",
+                    "batch_size", "samples", "target", "seed", "input_size", "agfprune_version", "device", "amp",
+                    "dtype", "format_version")
+
+
+@dataclass
+class ScoreRequest:
+    """What `agfprune score` was asked for, before any loading."""
+
+    calib: Path | None = None
+    metric: str = "agf"
+    model: str | None = None
+    checkpoint: Path | None = None
+    pretrained: bool = False
+    group_reduction: str = "mean"
+    normalizer: str = "mean"
+    img_size: int | None = None
+    seed: int = 0
+
+    def metric_list(self) -> list[str]:
+        """'all', one name, or a comma-separated list -> registered names (UsageError lists valid ones)."""
+        from agfprune.core.metrics import metric_class, metric_names
+
+        text = (self.metric or "").strip()
+        if text == "all":
+            return metric_names()
+        names = [part.strip() for part in text.split(",") if part.strip()]
+        if not names:
+            raise UsageError(f"--metric is empty; valid metrics: {', '.join(metric_names())} or all")
+        for name in names:
+            metric_class(name)
+        return list(dict.fromkeys(names))
+
+    def validate(self) -> None:
+        from agfprune.core.metrics.base import GROUP_REDUCTIONS, NORMALIZERS
+
+        self.metric_list()
+        if self.group_reduction not in GROUP_REDUCTIONS:
+            raise UsageError(f"--group-reduction {self.group_reduction!r}: expected one of {', '.join(GROUP_REDUCTIONS)}")
+        if self.normalizer not in NORMALIZERS:
+            raise UsageError(f"--normalizer {self.normalizer!r}: expected one of {', '.join(NORMALIZERS)}")
+        if self.img_size is not None and self.img_size <= 0:
+            raise UsageError(f"--img-size {self.img_size}: must be positive")
+        if self.calib is None and self.model is None and self.checkpoint is None:
+            raise UsageError("give --calib FILE, or --model/--checkpoint for metrics without calibration")
+
+
+def calibration_provenance(stats: Any) -> dict[str, Any]:
+    """The calibration facts a score report carries (nothing run-dependent such as timings or paths)."""
+    from agfprune.core.fingerprint import state_fingerprint
+
+    tensors = {f"{kind}/{name}": value for kind in ("out_abs", "out_taylor", "in_abs", "in_taylor", "in_sq", "grad")
+               for name, value in getattr(stats, kind).items()}
+    provenance = {key: stats.metadata.get(key) for key in _PROVENANCE_KEYS if key in stats.metadata}
+    provenance["stats_fingerprint"] = state_fingerprint(tensors)
+    return provenance
+
+
+def _load_scored_model(request: ScoreRequest, stats: Any) -> Any:
+    from agfprune.core.device import seed_everything
+    from agfprune.core.models import load_model
+
+    meta = stats.metadata if stats is not None else {}
+    # same seed as calibration, so that random-weight timm models are rebuilt bit for bit
+    seed_everything(int(meta.get("seed", request.seed)))
+    if request.model or request.checkpoint:
+        return load_model(request.model, request.checkpoint, pretrained=request.pretrained, device="cpu")
+    if not meta.get("model"):
+        raise UsageError("the calibration file records no model; pass --model/--checkpoint")
+    checkpoint = meta.get("checkpoint")
+    if checkpoint and not Path(checkpoint).exists():
+        raise ModelError(f"the calibration's checkpoint {checkpoint} no longer exists; pass --checkpoint")
+    return load_model(meta["model"], checkpoint, pretrained=bool(meta.get("pretrained")),
+                      timm_kwargs=meta.get("timm_kwargs") or {}, device="cpu")
+
+
+def run_scoring(request: ScoreRequest, out: str | Path | None = None) -> tuple[ScoreReport, dict[str, Any]]:
+    """Load calibration and model, check they match, score every group, write scores.json (if `out`)."""
+    from agfprune.core.calibration import check_matches, load_calibration
+    from agfprune.core.metrics import get_metric, metric_class
+
+    request.validate()
+    names = request.metric_list()
+    stats = load_calibration(request.calib) if request.calib is not None else None
+    if stats is None:
+        needing = [n for n in names if metric_class(n).requires_stats]
+        if needing:
+            raise UsageError(f"metric(s) {', '.join(needing)} need calibration statistics: run `agfprune calibrate` "
+                             "and pass --calib")
+    loaded = _load_scored_model(request, stats)
+    if stats is not None:
+        check_matches(stats, loaded)
+    size = list(loaded.data_config["input_size"])
+    if stats is not None and stats.metadata.get("input_size"):
+        size = list(stats.metadata["input_size"])
+    if request.img_size is not None:
+        size = [size[0], request.img_size, request.img_size]
+    metrics = [get_metric(n, stats, request.seed, request.group_reduction, request.normalizer) for n in names]
+    info = {"arch": loaded.arch, "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
+            "timm_kwargs": loaded.timm_kwargs, "input_size": size}
+    report = score_model(loaded.model, metrics, torch.zeros(1, *size), model_info=info,
+                         calibration=calibration_provenance(stats) if stats is not None else None)
+    if out is not None:
+        write_scores(out, report)
+    return report, summarize(report, out)
+
+
+def summarize(report: ScoreReport, out: str | Path | None = None) -> dict[str, Any]:
+    """Per metric: groups, channels, score range, and agreement with AGF's ranking."""
+    agreement = rank_agreement(report, "agf")
+    metrics = {}
+    for name, scores in report.metrics.items():
+        values = torch.cat([g.scores.double() for g in scores.groups]) if scores.groups else torch.zeros(0)
+        entry: dict[str, Any] = {
+            "groups": len(scores.groups), "skipped": len(scores.skipped), "channels": int(values.numel()),
+            "min": _round(float(values.min())) if values.numel() else None,
+            "median": _round(float(values.median())) if values.numel() else None,
+            "max": _round(float(values.max())) if values.numel() else None,
+        }
+        if name in agreement:
+            entry["spearman_vs_agf"] = agreement[name]["spearman"]
+            entry["bottom30_overlap_vs_agf"] = agreement[name]["bottom_overlap"]
+        metrics[name] = entry
+    return {"out": str(out) if out is not None else None, "model": report.model.get("arch"),
+            "fingerprint": report.model.get("fingerprint"), "metrics": metrics}

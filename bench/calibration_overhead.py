@@ -1,0 +1,140 @@
+"""Cost of `calibrate` against a plain forward+backward over the same pre-decoded batches.
+
+Prints one JSON document: median seconds of each (interleaved repeats, after a warm-up batch), their
+ratio, and the peak memory of each measured in a fresh subprocess as the growth of the peak
+resident set (Linux /proc/self/status VmHWM minus VmRSS before the work; CUDA: max_memory_allocated).
+
+    python bench/calibration_overhead.py \
+        --checkpoint ../shared/models/resnet56-cifar10-jpeg.safetensors \
+        --data ../shared/data/cifar10-jpeg --batches 16 --batch-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def _prepare(args: argparse.Namespace):
+    from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
+    from agfprune.core.device import seed_everything
+    from agfprune.core.models import load_model
+
+    seed_everything(args.seed)
+    loaded = load_model(args.model, args.checkpoint, device=args.device)
+    dataset = open_dataset(args.data, "train", build_transform(loaded.data_config))
+    loader = make_loader(dataset, LoaderOptions(batch_size=args.batch_size, seed=args.seed, shuffle=True))
+    batches = []
+    for images, labels in loader:  # decode once, so that only the model work is timed
+        batches.append((images.to(args.device), labels.to(args.device)))
+        if len(batches) == args.batches:
+            break
+    return loaded, batches
+
+
+def _plain(model, batches, device) -> None:
+    model.eval()
+    for images, labels in batches:
+        loss = F.cross_entropy(model(images), labels)
+        if not torch.isfinite(loss):
+            raise RuntimeError("non-finite loss")
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _calibrate(model, batches, device) -> None:
+    from agfprune.core.calibration import calibrate
+
+    calibrate(model, batches, device, batches=len(batches))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _worker(args: argparse.Namespace) -> None:
+    loaded, batches = _prepare(args)
+    device = torch.device(args.device)
+    _plain(loaded.model, batches[:1], device)  # warm up kernels and allocator alike for both modes
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    before = _status_kib("VmRSS")
+    (_plain if args.worker == "plain" else _calibrate)(loaded.model, batches, device)
+    result = {"rss_before_mib": round(before / 1024, 1),
+              "peak_rss_growth_mib": round((_status_kib("VmHWM") - before) / 1024, 1)}
+    if device.type == "cuda":
+        result["cuda_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cifar_resnet56")
+    parser.add_argument("--checkpoint", default="../shared/models/resnet56-cifar10-jpeg.safetensors")
+    parser.add_argument("--data", default="../shared/data/cifar10-jpeg")
+    parser.add_argument("--batches", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0: torch's default); 1 keeps CPU-time ratios stable on busy machines")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", choices=("plain", "calibrate"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        _worker(args)
+        return
+    loaded, batches = _prepare(args)
+    device = torch.device(args.device)
+    _plain(loaded.model, batches[:1], device)
+    _calibrate(loaded.model, batches[:1], device)
+    times: dict[str, list[float]] = {"plain": [], "calibrate": []}
+    cpu_times: dict[str, list[float]] = {"plain": [], "calibrate": []}
+    for _ in range(args.repeats):  # interleaved, so that machine load drifts hit both alike
+        for name, run in (("plain", _plain), ("calibrate", _calibrate)):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            run(loaded.model, batches, device)
+            times[name].append(round(time.perf_counter() - started, 3))
+            cpu_times[name].append(round(time.process_time() - started_cpu, 3))
+    memory = {}
+    for name in ("plain", "calibrate"):
+        command = [sys.executable, __file__, "--worker", name] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "repeats") and v is not None]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        memory[name] = json.loads(output.strip().splitlines()[-1])
+    plain, calib = statistics.median(times["plain"]), statistics.median(times["calibrate"])
+    plain_cpu, calib_cpu = statistics.median(cpu_times["plain"]), statistics.median(cpu_times["calibrate"])
+    print(json.dumps({
+        "model": loaded.arch, "checkpoint": str(args.checkpoint), "data": str(args.data),
+        "batches": len(batches), "batch_size": args.batch_size, "device": str(device),
+        "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+        "seconds": times, "median_plain_s": plain, "median_calibrate_s": calib,
+        "ratio_calibrate_over_plain": round(calib / plain, 3),
+        "process_cpu_seconds": cpu_times,
+        "ratio_cpu_time_calibrate_over_plain": round(calib_cpu / plain_cpu, 3),
+        "memory_method": "fresh subprocess each; peak RSS growth = VmHWM after the work - VmRSS before "
+                         "(model and decoded batches already resident)"
+                         + ("; CUDA: torch.cuda.max_memory_allocated" if device.type == "cuda" else ""),
+        "memory": memory,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
