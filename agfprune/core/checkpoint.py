@@ -217,6 +217,18 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], source
         raise ModelError(f"{source} does not fit model {arch}: " + "; ".join(problems))
 
 
+def _plain_string(value: Any) -> bool:
+    """A string stored as-is: one the JSON decoder on the read side cannot mistake for a number
+    (a hex fingerprint such as "12e45..." parses as a float, so it is stored JSON-quoted)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        json.loads(value)
+    except ValueError:
+        return True
+    return False
+
+
 def write_checkpoint(path: str | Path, model: nn.Module, *, arch: str, timm_kwargs: dict[str, Any],
                      data_config: dict[str, Any], structure: dict[str, dict[str, Any]] | None = None,
                      extra: dict[str, Any] | None = None) -> str:
@@ -237,7 +249,7 @@ def write_checkpoint(path: str | Path, model: nn.Module, *, arch: str, timm_kwar
     }
     for key, value in (extra or {}).items():
         metadata.setdefault(key, value)
-    encoded = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    encoded = {k: v if _plain_string(v) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=encoded)
     return fingerprint

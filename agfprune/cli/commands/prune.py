@@ -1,0 +1,91 @@
+"""`agfprune prune`: remove channels (and heads) structurally and save a self-describing checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agfprune.cli import options as o
+
+RATIO_HELP = (
+    "What to remove, strictly between 0 and 1. With --target channels (default): the fraction of "
+    "channels removed from EVERY prunable group (torch-pruning's pruning ratio; with --global, the "
+    "fraction of all channels, ranked across layers). With --target params or macs: the fraction of "
+    "the model's parameters or MACs to remove (the channel ratio is searched until within 1%).")
+
+
+def prune_command(
+    ratio: Annotated[float, typer.Option("--ratio", "-r", help=RATIO_HELP)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Pruned checkpoint to write (.safetensors).")],
+    model: o.ModelOpt = None,
+    checkpoint: o.CheckpointOpt = None,
+    pretrained: o.PretrainedOpt = False,
+    metric: Annotated[Optional[str], typer.Option(
+        "--metric", help="Metric that scores channels (agf, taylor, magnitude-l1, magnitude-l2, bn-scale, wanda, "
+                         "ria, snip, random); agf when only --calib is given.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", "-d", help="Images to calibrate on and to recalibrate BatchNorm with (train split): ImageFolder "
+                             "root, .npz or synthetic:N.")] = None,
+    calib: Annotated[Optional[Path], typer.Option(
+        "--calib", help="Calibration file from `agfprune calibrate` (instead of calibrating here).")] = None,
+    scores: Annotated[Optional[Path], typer.Option(
+        "--scores", help="scores.json from `agfprune score` (instead of a metric; single step only).")] = None,
+    target: Annotated[str, typer.Option(
+        "--target", help="What --ratio counts: channels (per group), params or macs (of the whole model).")] = "channels",
+    global_pruning: Annotated[bool, typer.Option(
+        "--global", help="Rank channels across layers (normalised scores) instead of removing --ratio from each.")] = False,
+    max_layer_ratio: Annotated[Optional[float], typer.Option(
+        "--max-layer-ratio", help="Most of one group's channels that may go (default 0.9 with --global, else 1); "
+                                  "a group always keeps at least one channel.")] = None,
+    round_to: Annotated[Optional[int], typer.Option(
+        "--round-to", help="Keep channel counts at multiples of K (hardware-friendly widths).")] = None,
+    ignore: Annotated[Optional[list[str]], typer.Option(
+        "--ignore", help="Glob of module names to leave unpruned, e.g. 'layer1.*' (repeatable); the classifier "
+                         "is never pruned.")] = None,
+    prune_heads: Annotated[bool, typer.Option(
+        "--prune-heads", help="ViTs: remove whole attention heads (--ratio of them, at least one kept) instead of "
+                              "head dimensions; MLP neurons and embedding channels are pruned either way.")] = False,
+    steps: Annotated[int, typer.Option(
+        "--steps", help="Iterative pruning in K steps, re-scoring (and recalibrating) in between.")] = 1,
+    bn_recalibrate: Annotated[Optional[int], typer.Option(
+        "--bn-recalibrate", help="Batches of --data to re-estimate BatchNorm statistics on after pruning "
+                                 "(default: --calib-batches when --data is given; 0 turns it off).")] = None,
+    calib_batches: Annotated[int, typer.Option(
+        "--calib-batches", help="Calibration batches per scoring step (metrics that need gradients/activations).")] = 16,
+    calib_target: Annotated[str, typer.Option(
+        "--calib-target", help="Calibration loss: labels (cross-entropy) or self (KL to the model's own "
+                               "predictions).")] = "labels",
+    eval_data: Annotated[Optional[Path], typer.Option(
+        "--eval-data", help="Also report top-1/top-5 of the pruned model on this data's val split.")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(
+        "--eval-limit", help="Evaluate on a seeded random subset of N images.")] = None,
+    batch_size: o.BatchSizeOpt = 64,
+    workers: o.WorkersOpt = 0,
+    limit: o.LimitOpt = None,
+    device: o.DeviceOpt = "auto",
+    seed: o.SeedOpt = 0,
+    json_output: o.JsonOpt = False,
+    quiet: o.QuietOpt = False,
+    config: o.ConfigOpt = None,
+) -> None:
+    """Prune channels structurally (coupled channels go together), recalibrate BatchNorm, save a checkpoint
+    that `agfprune eval/info` and `agfprune.load()` rebuild without --model."""
+    from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
+    from agfprune.core.pruning import PruneOptions, PruneRequest, run_prune
+
+    options = PruneOptions(ratio=ratio, target=target, global_pruning=global_pruning,
+                           max_layer_ratio=max_layer_ratio, round_to=round_to, ignore=list(ignore or []),
+                           prune_heads=prune_heads, steps=steps)
+    request = PruneRequest(out=out, options=options, model=model, checkpoint=checkpoint, pretrained=pretrained,
+                           metric=metric, data=data, calib=calib, scores=scores, calib_batches=calib_batches,
+                           calib_target=calib_target, bn_recalibrate=bn_recalibrate, batch_size=batch_size,
+                           workers=workers, limit=limit, seed=seed, device=device, eval_data=eval_data,
+                           eval_limit=eval_limit)
+    _result, summary = run_prune(request, RichProgress(quiet or json_output))
+    if json_output:
+        print_json(summary)
+        return
+    shown = {k: v for k, v in summary.items() if k not in ("calibration", "ignore", "input_size")}
+    stdout.print(key_value_table(f"pruned {summary['model']} -> {summary['out']}", shown))

@@ -1,0 +1,63 @@
+"""How many channels each group loses: per-layer (the same ratio everywhere) or global.
+
+Global pruning ranks the (normalised) unit scores of all groups together and removes the lowest,
+but never more than `cap` of one group's units and never its last one, so no layer vanishes.
+torch-pruning's own global mode has no such per-step cap; we compute the allocation here and hand
+it to the pruner as per-layer ratios.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from agfprune.core.pruning.groups import ScoreTable
+
+
+def global_allocation(table: ScoreTable, ratio: float, cap: float,
+                      exclude: set[str] | None = None) -> dict[str, int]:
+    """Units to remove per group so that `ratio` of all units go, lowest scores first, capped."""
+    exclude = exclude or set()
+    names = [name for name in table.scores if name not in exclude]
+    units = {name: table.groups[name].units for name in names}
+    total = sum(units.values())
+    wanted = total - int(total * (1.0 - ratio))
+    limits = {name: max(0, min(units[name] - 1, math.floor(units[name] * cap + 1e-9))) for name in names}
+    if not names:
+        return {}
+    scores = torch.cat([table.unit_scores(name) for name in names])
+    owners = torch.cat([torch.full((units[name],), index, dtype=torch.long) for index, name in enumerate(names)])
+    order = torch.argsort(scores, stable=True)
+    removed = {name: 0 for name in names}
+    taken = 0
+    for position in order.tolist():
+        if taken >= wanted:
+            break
+        name = names[int(owners[position])]
+        if removed[name] < limits[name]:
+            removed[name] += 1
+            taken += 1
+    return removed
+
+
+def ratio_for_count(removed: int, units: int) -> float:
+    """The per-layer ratio r for which torch-pruning removes exactly `removed` of `units`
+    (it removes units - int(units * (1 - r)))."""
+    if removed <= 0:
+        return 0.0
+    return (removed - 0.5) / units
+
+
+def local_allocation(table: ScoreTable, ratio: float, cap: float,
+                     exclude: set[str] | None = None) -> dict[str, int]:
+    """Units to remove per group when every group loses `ratio` of its units (torch-pruning's
+    rounding), capped at `cap` and never the last unit."""
+    removed = {}
+    for name, info in table.groups.items():
+        if name in (exclude or set()):
+            continue
+        units = info.units
+        wanted = units - int(units * (1.0 - ratio))
+        removed[name] = max(0, min(wanted, units - 1, math.floor(units * cap + 1e-9)))
+    return removed

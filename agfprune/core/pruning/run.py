@@ -1,0 +1,179 @@
+"""The `prune` command's engine: load, score (metric + calibration, calibration file, or scores
+file), prune, recalibrate BatchNorm, save a verified checkpoint, optionally evaluate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agfprune.core.errors import UsageError
+from agfprune.core.progress import SILENT, Progress
+from agfprune.core.pruning.engine import MetricScorer, PruneResult, StoredScorer, prune_model
+from agfprune.core.pruning.options import PruneOptions
+
+DEFAULT_METRIC_WITH_CALIB = "agf"
+
+
+@dataclass
+class PruneRequest:
+    """Everything `agfprune prune` was asked for, before any loading."""
+
+    out: Path
+    options: PruneOptions
+    model: str | None = None
+    checkpoint: Path | None = None
+    pretrained: bool = False
+    metric: str | None = None
+    data: Path | None = None
+    calib: Path | None = None
+    scores: Path | None = None
+    calib_batches: int = 16
+    calib_target: str = "labels"
+    bn_recalibrate: int | None = None  # batches; None = as many as calibration uses, when data is given
+    batch_size: int = 64
+    workers: int = 0
+    limit: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    eval_data: Path | None = None
+    eval_limit: int | None = None
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        self.options.validate()
+        if self.scores is not None and self.calib is not None:
+            raise UsageError("give either --scores or --calib, not both")
+        if self.scores is None and self.calib is None and self.metric is None:
+            raise UsageError("say how to score channels: --metric NAME --data D, --calib F, or --scores S.json")
+        if self.calib_batches <= 0:
+            raise UsageError(f"--calib-batches {self.calib_batches}: must be positive")
+        if self.bn_recalibrate is not None and self.bn_recalibrate < 0:
+            raise UsageError(f"--bn-recalibrate {self.bn_recalibrate}: must be ≥ 0 (0 turns it off)")
+        if self.bn_recalibrate and self.data is None:
+            raise UsageError("--bn-recalibrate needs --data (the images to re-estimate statistics on)")
+        if self.batch_size <= 0:
+            raise UsageError(f"--batch-size {self.batch_size}: must be positive")
+        if self.out.suffix != ".safetensors":
+            raise UsageError(f"--out {self.out}: pruned checkpoints are .safetensors files")
+
+
+def _calibration_loader(request: PruneRequest, loaded: Any, device: torch.device) -> Any:
+    from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
+
+    dataset = open_dataset(request.data, "train", build_transform(loaded.data_config, train=False))
+    options = LoaderOptions(batch_size=request.batch_size, workers=request.workers, limit=request.limit,
+                            seed=request.seed, shuffle=True, drop_last=False)
+    return make_loader(dataset, options, device)
+
+
+def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.device,
+            progress: Progress) -> tuple[Any, dict[str, Any]]:
+    """The Scorer for this request and the calibration provenance to record."""
+    from agfprune.core.metrics import get_metric, metric_class
+
+    if request.scores is not None:
+        from agfprune.core.errors import ModelError
+        from agfprune.core.scoring import load_scores
+
+        stored = load_scores(request.scores, request.metric)
+        if stored.fingerprint and stored.fingerprint != loaded.fingerprint:
+            raise ModelError(f"{request.scores} scores weights {stored.fingerprint} "
+                             f"({stored.model.get('model') or 'another model'}), but the given model has "
+                             f"fingerprint {loaded.fingerprint}; score this model first")
+        if request.options.steps > 1:
+            raise UsageError("--steps > 1 re-scores the pruned model between steps: use --metric with --data "
+                             "instead of --scores")
+        provenance = {"scores_file": str(request.scores), **(stored.calibration or {})}
+        return StoredScorer(stored.metric, stored.scores, str(request.scores)), provenance
+
+    name = request.metric or DEFAULT_METRIC_WITH_CALIB
+    needs_stats = bool(getattr(metric_class(name), "requires_stats", False))
+    provenance: dict[str, Any] = {}
+    first_stats = None
+    if request.calib is not None:
+        from agfprune.core.calibration import check_matches, load_calibration
+        from agfprune.core.scoring import calibration_provenance
+
+        first_stats = load_calibration(request.calib)
+        check_matches(first_stats, loaded)
+        provenance = {"calib_file": str(request.calib), **calibration_provenance(first_stats)}
+    elif needs_stats and loader is None:
+        raise UsageError(f"metric {name} needs calibration: add --data D (images to calibrate on) or --calib F")
+    if request.options.steps > 1 and needs_stats and loader is None:
+        raise UsageError(f"--steps {request.options.steps} with metric {name} recalibrates between steps: "
+                         "add --data D")
+    if needs_stats and request.calib is None:
+        provenance = {"data": str(request.data), "split": "train", "batches": request.calib_batches,
+                      "batch_size": request.batch_size, "limit": request.limit, "seed": request.seed,
+                      "target": request.calib_target}
+
+    def make_importance(model: torch.nn.Module, step: int) -> Any:
+        stats = None
+        if needs_stats:
+            if step == 1 and first_stats is not None:
+                stats = first_stats
+            else:
+                from agfprune.core.calibration import calibrate
+
+                progress.log(f"calibrating {name} on {request.calib_batches} batches (step {step})")
+                stats = calibrate(model, loader, device, batches=request.calib_batches,
+                                  target=request.calib_target, progress=progress)
+        return get_metric(name, stats=stats, seed=request.seed)
+
+    return MetricScorer(name, make_importance), provenance
+
+
+def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[PruneResult, dict[str, Any]]:
+    """Prune as requested, write the checkpoint, and return the result and a JSON-ready summary."""
+    from agfprune.core.atomic import check_writable
+    from agfprune.core.device import resolve_device, seed_everything
+    from agfprune.core.models import load_model
+    from agfprune.core.pruning.bn_recalibration import recalibrate_batchnorm
+    from agfprune.core.pruning.save import save_pruned
+
+    request.validate()
+    check_writable(request.out)
+    device = resolve_device(request.device)
+    seed_everything(request.seed)
+    loaded = load_model(request.model, request.checkpoint, pretrained=request.pretrained, device=device)
+    loader = _calibration_loader(request, loaded, device) if request.data is not None else None
+    scorer, provenance = _scorer(request, loaded, loader, device, progress)
+    bn_batches = request.bn_recalibrate if request.bn_recalibrate is not None else (
+        request.calib_batches if loader is not None else 0)
+    recalibrate = None
+    if loader is not None and bn_batches > 0:
+        def recalibrate(model: torch.nn.Module) -> int:
+            return recalibrate_batchnorm(model, loader, device, bn_batches, progress)
+
+    result = prune_model(loaded, scorer, request.options, recalibrate=recalibrate, calibration=provenance,
+                         seed=request.seed, progress=progress)
+    fingerprint = save_pruned(request.out, loaded, result)
+    record = result.record
+    summary: dict[str, Any] = {
+        "model": loaded.arch,
+        "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
+        "out": str(request.out),
+        "fingerprint": fingerprint,
+        **{k: v for k, v in record.summary().items() if k not in ("base_arch",)},
+        "device": str(device),
+    }
+    if request.eval_data is not None:
+        summary.update(_evaluate(request, loaded, result, device, progress))
+    return result, summary
+
+
+def _evaluate(request: PruneRequest, loaded: Any, result: PruneResult, device: torch.device,
+              progress: Progress) -> dict[str, Any]:
+    from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
+    from agfprune.core.evaluate import evaluate_accuracy
+
+    config = dict(loaded.data_config, input_size=tuple(result.record.input_size))
+    dataset = open_dataset(request.eval_data, "val", build_transform(config, train=False))
+    loader = make_loader(dataset, LoaderOptions(batch_size=max(request.batch_size, 128), workers=request.workers,
+                                                limit=request.eval_limit, seed=request.seed), device)
+    accuracy = evaluate_accuracy(result.model, loader, device, amp=False, progress=progress)
+    return {"eval_data": str(request.eval_data), "eval_samples": accuracy.samples,
+            "top1": round(accuracy.top1, 4), "top5": round(accuracy.top5, 4), "loss": round(accuracy.loss, 6)}
