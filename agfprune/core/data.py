@@ -214,3 +214,22 @@ def dataset_classes(dataset: Dataset) -> int:
         dataset = dataset.dataset
     classes = getattr(dataset, "classes", None)
     return len(classes) if classes else 0
+
+
+SPLIT_HALVES = ("first", "second", "none")
+
+
+def split_half(dataset: Dataset, half: str, seed: int = 0) -> Dataset:
+    """One of two disjoint halves of a data set (a seeded permutation, first or second half of it),
+    or the whole set for "none"; the same (half, seed) always gives the same images, so that a
+    threshold tuned on one half can be reported on the other."""
+    if half not in SPLIT_HALVES:
+        raise UsageError(f"--split-half {half!r}: expected one of {', '.join(SPLIT_HALVES)}")
+    if half == "none":
+        return dataset
+    count = len(dataset)  # type: ignore[arg-type]
+    if count < 2:
+        raise DataError(f"cannot split a data set of {count} image(s) into halves")
+    permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    chosen = permutation[: count // 2] if half == "first" else permutation[count // 2:]
+    return Subset(dataset, chosen.sort().values.tolist())

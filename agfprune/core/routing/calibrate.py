@@ -145,3 +145,72 @@ def select_point(sweep: Sweep, objective: Objective, light_logits: torch.Tensor 
     if light_logits is None or heavy_logits is None or labels is None:
         raise UsageError("a fixed --threshold needs the calibration logits to report its accuracy")
     return point_at_threshold(light_logits, heavy_logits, labels, sweep.signal, objective.value)
+
+
+@dataclass
+class CalibrationResult:
+    """What `route calibrate` produced: the router written, its sweep and the chosen point."""
+
+    spec: Any  # RouterSpec (typed loosely to keep this module free of file-format imports)
+    sweep: Sweep
+    point: SweepPoint
+
+
+def _data_label(data: Any) -> str:
+    from pathlib import Path
+
+    text = str(data)
+    return text if text.startswith("synthetic:") else str(Path(text).resolve())
+
+
+def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: Objective, out: Any, *,
+                     half: str = "first", split_seed: int = 0, options: Any = None,
+                     device: Any = "cpu", progress: Any = None) -> CalibrationResult:
+    """Run both experts once over one half of the calibration data, choose the threshold that
+    meets `objective`, and write router.yaml to `out`.
+
+    `light`/`heavy` are ExpertSource; `options` a LoaderOptions.
+    """
+    from agfprune.core.atomic import check_writable
+    from agfprune.core.data import LoaderOptions
+    from agfprune.core.evaluate import count_cost
+    from agfprune.core.progress import SILENT
+    from agfprune.core.routing.cost import routing_cost
+    from agfprune.core.routing.experts import collect_logits, load_experts, routing_loader
+    from agfprune.core.routing.router_file import ExpertRecord, RouterSpec, write_router
+    from agfprune.core.routing.signals import get_signal
+
+    progress = progress or SILENT
+    options = options or LoaderOptions()
+    get_signal(signal)
+    objective.validate()
+    check_writable(out)
+    device = torch.device(device)
+    pair = load_experts(light, heavy, device)
+    loader = routing_loader(data, half, split_seed, pair.data_config, options, device)
+    progress.log(f"calibrating on {len(loader.dataset)} images ({half} half of {data}, split seed {split_seed})")
+    light_logits, heavy_logits, labels = collect_logits(pair, loader, device, progress)
+    sweep = threshold_sweep(light_logits, heavy_logits, labels, signal)
+    point = select_point(sweep, objective, light_logits, heavy_logits, labels)
+    costs = {role: count_cost(expert.model, pair.input_size, device)
+             for role, expert in (("light", pair.light), ("heavy", pair.heavy))}
+    macs = routing_cost("MACs/image", costs["light"].macs, costs["heavy"].macs, point.heavy_fraction)
+    spec = RouterSpec(
+        light=ExpertRecord.from_loaded(pair.light, light.model, costs["light"].params, costs["light"].macs),
+        heavy=ExpertRecord.from_loaded(pair.heavy, heavy.model, costs["heavy"].params, costs["heavy"].macs),
+        signal=signal,
+        threshold=point.threshold,
+        objective=objective.as_dict(),
+        calibration={
+            "data": _data_label(data), "split_half": half, "split_seed": split_seed,
+            "limit": options.limit, "samples": sweep.samples,
+            "light_top1": round(sweep.light_top1, 4), "heavy_top1": round(sweep.heavy_top1, 4),
+            "router_top1": round(point.top1, 4), "heavy_calls": point.heavy_calls,
+            "heavy_fraction": round(point.heavy_fraction, 6),
+            "cascade_macs": round(macs.cascade), "mixture_macs": round(macs.mixture),
+            "cascade_vs_heavy": round(macs.cascade_vs_heavy, 6),
+            "mixture_vs_heavy": round(macs.mixture_vs_heavy, 6),
+        },
+    )
+    write_router(out, spec)
+    return CalibrationResult(spec, sweep, point)

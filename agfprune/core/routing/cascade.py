@@ -101,5 +101,6 @@ def script_cascade(cascade: Cascade, input_size: tuple[int, ...], batch_size: in
 
 def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> None:
     """Write a compiled cascade atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.save's deprecation notice
         torch.jit.save(scripted, str(tmp))

@@ -1,0 +1,44 @@
+"""From router.yaml to a running (or exported) Cascade."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from agfprune.core.atomic import check_writable
+from agfprune.core.routing.cascade import Cascade, save_torchscript, script_cascade
+from agfprune.core.routing.router_file import load_router_experts, read_router
+
+
+def load_router(path: str | Path, device: torch.device | str = "cpu", light: Path | None = None,
+                heavy: Path | None = None) -> Cascade:
+    """The Cascade described by router.yaml, experts loaded and fingerprint-checked, in eval mode."""
+    spec = read_router(path)
+    pair = load_router_experts(spec, path, device, light, heavy)
+    return Cascade(pair.light.model, pair.heavy.model, spec.signal, spec.threshold).to(device).eval()
+
+
+@dataclass
+class ExportResult:
+    """What `route export` wrote."""
+
+    path: str
+    signal: str
+    threshold: float
+    input_size: list[int]
+    bytes: int
+    verified: bool
+
+
+def export_router(path: str | Path, out: str | Path, device: torch.device | str = "cpu",
+                  light: Path | None = None, heavy: Path | None = None) -> ExportResult:
+    """Compile the router's Cascade to TorchScript, check it against the eager one, write `out`."""
+    check_writable(out)
+    spec = read_router(path)
+    cascade = load_router(path, device, light, heavy)
+    input_size = tuple(spec.light.input_size)
+    scripted = script_cascade(cascade, input_size)
+    save_torchscript(scripted, out)
+    return ExportResult(str(out), spec.signal, spec.threshold, list(input_size), Path(out).stat().st_size, True)

@@ -1,0 +1,93 @@
+"""The two experts of a router: loading them, checking they fit together, and running both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset, split_half
+from agfprune.core.errors import ModelError
+from agfprune.core.evaluate import _check_labels
+from agfprune.core.models import LoadedModel, load_model
+from agfprune.core.progress import SILENT, Progress
+
+
+@dataclass
+class ExpertSource:
+    """Where an expert comes from: a checkpoint, and a timm name for plain checkpoints without metadata."""
+
+    checkpoint: Path
+    model: str | None = None
+
+
+@dataclass
+class ExpertPair:
+    """Light and heavy experts, loaded, known to accept the same inputs and predict the same classes."""
+
+    light: LoadedModel
+    heavy: LoadedModel
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return self.light.data_config
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.light.input_size
+
+
+def _close(a: Any, b: Any) -> bool:
+    return len(a) == len(b) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b))
+
+
+def check_compatible(light: LoadedModel, heavy: LoadedModel) -> None:
+    """One-line ModelError when the experts cannot share one input tensor or one label set."""
+    where = f"light {light.checkpoint or light.arch} vs heavy {heavy.checkpoint or heavy.arch}"
+    if light.num_classes != heavy.num_classes:
+        raise ModelError(f"experts predict different class counts ({light.num_classes} vs "
+                         f"{heavy.num_classes}, {where}); both must classify the same labels")
+    if light.input_size != heavy.input_size:
+        raise ModelError(f"experts expect different input sizes ({'x'.join(map(str, light.input_size))} vs "
+                         f"{'x'.join(map(str, heavy.input_size))}, {where}); the cascade feeds both one tensor")
+    for key in ("mean", "std"):
+        if not _close(light.data_config[key], heavy.data_config[key]):
+            raise ModelError(f"experts normalise inputs differently ({key} {tuple(light.data_config[key])} vs "
+                             f"{tuple(heavy.data_config[key])}, {where}); the cascade feeds both one tensor")
+
+
+def load_expert(source: ExpertSource, device: torch.device | str) -> LoadedModel:
+    return load_model(source.model, source.checkpoint, device=device)
+
+
+def load_experts(light: ExpertSource, heavy: ExpertSource, device: torch.device | str) -> ExpertPair:
+    """Load both experts (eval mode) and check that they fit together."""
+    pair = ExpertPair(load_expert(light, device), load_expert(heavy, device))
+    check_compatible(pair.light, pair.heavy)
+    return pair
+
+
+def routing_loader(data: str | Path, half: str, split_seed: int, data_config: dict[str, Any],
+                   options: LoaderOptions, device: torch.device) -> DataLoader:
+    """Eval-transform loader over one seeded half (or all) of the val split of `data`."""
+    dataset = open_dataset(data, "val", build_transform(data_config, train=False))
+    return make_loader(split_half(dataset, half, split_seed), options, device)
+
+
+@torch.no_grad()
+def collect_logits(pair: ExpertPair, loader: DataLoader, device: torch.device,
+                   progress: Progress = SILENT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Light logits, heavy logits (float32, CPU) and labels over a loader, both experts per batch."""
+    light_all, heavy_all, labels_all = [], [], []
+    for images, labels in progress.track(loader, total=len(loader), description="light + heavy"):
+        images = images.to(device)
+        light_all.append(pair.light.model(images).float().cpu())
+        heavy_all.append(pair.heavy.model(images).float().cpu())
+        labels_all.append(labels)
+    labels = torch.cat(labels_all)
+    light_logits = torch.cat(light_all)
+    _check_labels(labels, light_logits.shape[1])
+    return light_logits, torch.cat(heavy_all), labels

@@ -1,0 +1,277 @@
+"""`route eval`: how a calibrated router does on held-out data, against the obvious baselines.
+
+Accuracies come from stored logits of both experts (the router's answer is light where
+signal >= threshold, heavy elsewhere); the deployable Cascade is then timed on real batches
+against the heavy expert alone, and its answers are checked against the stored-logit router.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agfprune.core.atomic import atomic_path, check_writable, write_text_atomic
+from agfprune.core.data import LoaderOptions
+from agfprune.core.errors import UsageError
+from agfprune.core.evaluate import count_cost
+from agfprune.core.progress import SILENT, Progress
+from agfprune.core.routing.calibrate import Sweep, heavy_mask, point_at_threshold, threshold_sweep
+from agfprune.core.routing.cascade import Cascade
+from agfprune.core.routing.cost import cascade_cost, mixture_cost, routing_cost
+from agfprune.core.routing.experts import collect_logits, routing_loader
+from agfprune.core.routing.router_file import load_router_experts, read_router
+from agfprune.core.routing.signals import compute_signal
+
+COMPLEMENT = {"first": "second", "second": "first", "none": "none"}
+
+
+@dataclass
+class RouterReport:
+    """Everything `route eval` reports; `as_dict` is the --json document."""
+
+    router: str
+    data: str
+    split_half: str
+    split_seed: int
+    held_out: bool | None
+    samples: int
+    signal: str
+    threshold: float
+    light_top1: float
+    heavy_top1: float
+    router_top1: float
+    random_top1: float
+    random_top1_std: float
+    random_draws: int
+    heavy_calls: int
+    heavy_fraction: float
+    calibration: dict[str, Any]
+    macs: dict[str, Any]
+    latency: dict[str, Any] | None
+    sweep: Sweep | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        document = asdict(self)
+        document.pop("sweep")
+        return document
+
+
+def random_routing_accuracy(light_logits: torch.Tensor, heavy_logits: torch.Tensor, labels: torch.Tensor,
+                            heavy_calls: int, draws: int, seed: int) -> tuple[float, float]:
+    """Mean and std of top-1 when `heavy_calls` samples, chosen at random, go to the heavy expert."""
+    light_correct = light_logits.argmax(dim=1).eq(labels)
+    heavy_correct = heavy_logits.argmax(dim=1).eq(labels)
+    scores = []
+    for draw in range(max(1, draws)):
+        generator = torch.Generator().manual_seed(seed + draw)
+        chosen = torch.randperm(len(labels), generator=generator)[:heavy_calls]
+        correct = light_correct.clone()
+        correct[chosen] = heavy_correct[chosen]
+        scores.append(100.0 * float(correct.float().mean()))
+    return statistics.fmean(scores), statistics.pstdev(scores)
+
+
+def sweep_document(sweep: Sweep, light_macs: float, heavy_macs: float, operating: dict[str, Any]) -> dict[str, Any]:
+    """The full threshold sweep with both costs per point (the Pareto table, as JSON)."""
+    points = []
+    for point in sweep.points:
+        row = point.as_dict()
+        row["cascade_macs"] = round(cascade_cost(light_macs, heavy_macs, point.heavy_fraction))
+        row["mixture_macs"] = round(mixture_cost(light_macs, heavy_macs, point.heavy_fraction))
+        row["cascade_vs_heavy"] = row["cascade_macs"] / heavy_macs if heavy_macs else None
+        row["mixture_vs_heavy"] = row["mixture_macs"] / heavy_macs if heavy_macs else None
+        points.append(row)
+    return {"signal": sweep.signal, "samples": sweep.samples, "light_top1": sweep.light_top1,
+            "heavy_top1": sweep.heavy_top1, "light_macs": light_macs, "heavy_macs": heavy_macs,
+            "operating_point": operating, "points": points}
+
+
+def _timed(function: Any, batch: torch.Tensor, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    function(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+@torch.no_grad()
+def measure_cascade(cascade: Cascade, batches: list[torch.Tensor], device: torch.device,
+                    repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median ms per batch of light alone, heavy alone and the cascade, and the median per-pass
+    ratio cascade/heavy. The three run back to back on each real batch, in a rotating order, so
+    that load from other processes on a shared machine hits all three alike."""
+    names = ("light_ms", "heavy_ms", "cascade_ms")
+    runners = dict(zip(names, (cascade.light, cascade.heavy, cascade)))
+    passes: dict[str, list[float]] = {name: [] for name in names}
+    for step in range(warmup + repeats):
+        totals = dict.fromkeys(names, 0.0)
+        for index, batch in enumerate(batches):
+            shift = (step + index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                totals[name] += _timed(runners[name], batch, device)
+        if step >= warmup:
+            for name in names:
+                passes[name].append(totals[name] / len(batches))
+    result = {name: statistics.median(values) for name, values in passes.items()}
+    result["cascade_vs_heavy"] = statistics.median(
+        c / h for c, h in zip(passes["cascade_ms"], passes["heavy_ms"]))
+    result["light_vs_heavy"] = statistics.median(
+        l / h for l, h in zip(passes["light_ms"], passes["heavy_ms"]))
+    return result
+
+
+@torch.no_grad()
+def _cascade_agreement(cascade: Cascade, batches: list[torch.Tensor],
+                       expected: torch.Tensor) -> tuple[float, float]:
+    """Share of the timed samples where the Cascade's class equals the stored-logit router's,
+    and the heavy fraction the Cascade actually used on them."""
+    predictions, routed = [], []
+    for batch in batches:
+        logits, to_heavy = cascade.route(batch)
+        predictions.append(logits.argmax(dim=1).cpu())
+        routed.append(to_heavy.cpu())
+    predicted, heavy = torch.cat(predictions), torch.cat(routed)
+    return (float(predicted.eq(expected[: len(predicted)]).float().mean()),
+            float(heavy.float().mean()) if len(heavy) else 0.0)
+
+
+def _held_out(calibration: dict[str, Any], data_label: str, half: str, seed: int) -> bool | None:
+    if calibration.get("data") != data_label:
+        return None  # different data: disjointness cannot be told from paths alone
+    if int(calibration.get("split_seed", -1)) != seed:
+        return False
+    return {calibration.get("split_half"), half} == {"first", "second"}
+
+
+def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | None = None,
+                    split_seed: int | None = None, options: LoaderOptions | None = None,
+                    device: torch.device | str = "cpu", light: Path | None = None, heavy: Path | None = None,
+                    draws: int = 5, seed: int = 0, latency_batches: int = 4, latency_repeats: int = 5,
+                    plot: Path | None = None, sweep_json: Path | None = None,
+                    progress: Progress = SILENT) -> RouterReport:
+    """Evaluate router.yaml on `data` (by default the half it was not calibrated on)."""
+    from agfprune.core.routing.calibrate import _data_label
+
+    for target in (plot, sweep_json):
+        if target is not None:
+            check_writable(target)
+    if latency_batches < 0 or latency_repeats < 0 or draws < 1:
+        raise UsageError("--latency-batches and --latency-repeats must be >= 0, --random-draws >= 1")
+    options = options or LoaderOptions()
+    device = torch.device(device)
+    spec = read_router(router_path)
+    calibration = spec.calibration
+    half = half or COMPLEMENT.get(str(calibration.get("split_half", "none")), "none")
+    split_seed = int(calibration.get("split_seed", 0)) if split_seed is None else split_seed
+    pair = load_router_experts(spec, router_path, device, light, heavy)
+    loader = routing_loader(data, half, split_seed, pair.data_config, options, device)
+    data_label = _data_label(data)
+    held_out = _held_out(calibration, data_label, half, split_seed)
+    if held_out is False:
+        progress.log("warning: evaluating on images the threshold was calibrated on (same half)")
+    light_logits, heavy_logits, labels = collect_logits(pair, loader, device, progress)
+    point = point_at_threshold(light_logits, heavy_logits, labels, spec.signal, spec.threshold)
+    sweep = threshold_sweep(light_logits, heavy_logits, labels, spec.signal)
+    random_mean, random_std = random_routing_accuracy(light_logits, heavy_logits, labels,
+                                                      point.heavy_calls, draws, seed)
+    light_cost = count_cost(pair.light.model, pair.input_size, device)
+    heavy_cost = count_cost(pair.heavy.model, pair.input_size, device)
+    macs = routing_cost("MACs/image", light_cost.macs, heavy_cost.macs, point.heavy_fraction).as_dict()
+    macs.update(light_params=light_cost.params, heavy_params=heavy_cost.params)
+    cascade = Cascade(pair.light.model, pair.heavy.model, spec.signal, spec.threshold).to(device).eval()
+    latency = None
+    if latency_batches > 0 and latency_repeats > 0:
+        batches = [images.to(device) for images, _ in _first_batches(loader, latency_batches)]
+        progress.log(f"timing light, heavy and cascade on {len(batches)} batch(es) of {batches[0].shape[0]}")
+        timings = measure_cascade(cascade, batches, device, latency_repeats)
+        router_predictions = torch.where(heavy_mask(compute_signal(spec.signal, light_logits), spec.threshold),
+                                         heavy_logits.argmax(dim=1), light_logits.argmax(dim=1))
+        agreement, batch_fraction = _cascade_agreement(cascade, batches, router_predictions)
+        estimate = routing_cost("ms/batch", timings["light_ms"], timings["heavy_ms"], batch_fraction)
+        latency = {
+            "batch_size": int(batches[0].shape[0]), "batches": len(batches), "repeats": latency_repeats,
+            "light_ms": timings["light_ms"], "heavy_ms": timings["heavy_ms"],
+            "cascade_ms_measured": timings["cascade_ms"],
+            "cascade_vs_heavy_measured": timings["cascade_vs_heavy"],
+            "light_vs_heavy_measured": timings["light_vs_heavy"],
+            "heavy_fraction_in_timed_batches": batch_fraction,
+            "cascade_ms_formula": estimate.cascade, "mixture_ms_formula": estimate.mixture,
+            "mixture_vs_heavy_formula": estimate.mixture_vs_heavy,
+            "break_even_fraction": estimate.break_even_fraction,
+            "cascade_matches_router": agreement,
+            "device": str(device), "threads": torch.get_num_threads(),
+        }
+    report = RouterReport(
+        router=str(router_path), data=data_label, split_half=half, split_seed=split_seed, held_out=held_out,
+        samples=sweep.samples, signal=spec.signal, threshold=spec.threshold,
+        light_top1=sweep.light_top1, heavy_top1=sweep.heavy_top1, router_top1=point.top1,
+        random_top1=random_mean, random_top1_std=random_std, random_draws=draws,
+        heavy_calls=point.heavy_calls, heavy_fraction=point.heavy_fraction,
+        calibration=calibration, macs=macs, latency=latency, sweep=sweep,
+    )
+    operating = {"threshold": spec.threshold, "heavy_calls": point.heavy_calls,
+                 "heavy_fraction": point.heavy_fraction, "top1": point.top1}
+    document = sweep_document(sweep, light_cost.macs, heavy_cost.macs, operating)
+    if sweep_json is not None:
+        write_text_atomic(sweep_json, json.dumps(document, indent=1) + "\n")
+    if plot is not None:
+        write_plot(plot, document, report)
+    return report
+
+
+def _first_batches(loader: Any, count: int) -> list[Any]:
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) >= count:
+            break
+    return batches
+
+
+def write_plot(path: str | Path, document: dict[str, Any], report: RouterReport) -> None:
+    """Accuracy vs cost (relative to the heavy expert) for both cost formulas, with the operating
+    point, light, heavy and random routing marked; PNG via the Agg canvas (no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = document["points"]
+    heavy_macs = document["heavy_macs"] or 1
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot([p["cascade_macs"] / heavy_macs for p in points], [p["top1"] for p in points],
+              label="router, cascade cost (C_light + f·C_heavy)", color="tab:blue")
+    axes.plot([p["mixture_macs"] / heavy_macs for p in points], [p["top1"] for p in points],
+              label="router, mixture cost (f·C_heavy + (1−f)·C_light)", color="tab:orange", linestyle="--")
+    light_rel = document["light_macs"] / heavy_macs
+    axes.scatter([light_rel], [report.light_top1], marker="s", color="tab:green", zorder=3, label="light only")
+    axes.scatter([1.0], [report.heavy_top1], marker="D", color="tab:red", zorder=3, label="heavy only")
+    f = report.heavy_fraction
+    axes.scatter([light_rel + f], [report.random_top1], marker="x", color="grey", zorder=3,
+                 label=f"random routing, f={f:.2f} (cascade cost)")
+    axes.scatter([report.macs["cascade_vs_heavy"]], [report.router_top1], marker="*", s=160, color="tab:blue",
+                 zorder=4, label=f"operating point, f={f:.2f}")
+    axes.scatter([report.macs["mixture_vs_heavy"]], [report.router_top1], marker="*", s=160,
+                 color="tab:orange", zorder=4)
+    axes.axvline(1.0, color="tab:red", linewidth=0.8, linestyle=":")
+    axes.set_xlabel("cost relative to the heavy expert (MACs)")
+    axes.set_ylabel("top-1 accuracy (%)")
+    held = {True: "held-out half", False: "calibration half", None: "other data"}[report.held_out]
+    axes.set_title(f"router ({report.signal} ≥ {report.threshold:.4g}) on {report.samples} images, {held}",
+                   fontsize=9)
+    low = min(report.light_top1, report.random_top1, min(p["top1"] for p in points))
+    high = max(report.heavy_top1, max(p["top1"] for p in points))
+    axes.set_ylim(low - 1.0, high + 1.0)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(str(tmp), format="png")
