@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: predictable timings, and no OpenMP spin-wait collapse when the other core is busy
+# (2 threads on a 2-core machine with one busy core trained 10x slower than 1 thread here).
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_MODELS = SHARED / "models"

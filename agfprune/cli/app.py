@@ -105,7 +105,10 @@ def run(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = app(args=args, prog_name="agfprune", standalone_mode=False)
-        return int(result) if isinstance(result, int) else 0
+        code = int(result) if isinstance(result, int) else 0
+        if code == EXIT_INTERRUPTED:  # not standalone, typer *returns* 130 for Ctrl-C
+            return _fail("interrupted", EXIT_INTERRUPTED)
+        return code
     except AgfpruneError as exc:
         if debug:
             traceback.print_exc()

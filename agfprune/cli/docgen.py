@@ -22,12 +22,42 @@ Generated from the CLI by `python -m agfprune.cli.docgen > docs/cli.md`; do not 
 - Results go to stdout: a rich table for people, or with `--json` exactly one JSON document. Progress bars
   and status lines go to stderr (`--quiet` silences them).
 - `--config FILE.yaml` sets option defaults: top-level keys apply to every command that has such an option,
-  a section named after the command (`prune: {ratio: 0.5}`) to that command only; unknown keys in a command's
-  section are an error. Keys use the option names with `_` or `-` (`batch_size` or `batch-size`).
-- Every file a command writes is written to a temporary name in the target folder and renamed when
-  complete: an interrupted command leaves the previous file (if any) and no partial file.
+  a section named after the command (`prune: {ratio: 0.5}`) to that command only; sub-commands nest
+  (`route: {calibrate: {threshold: 0.3}}`; plain keys under `route:` apply to every `route` command).
+  Unknown keys in a command's own section are an error. Keys use the option names with `_` or `-`
+  (`batch_size` or `batch-size`); options given on the command line win.
+- Bad input never costs a file: options are validated and output locations checked before any model or
+  data is loaded, and a refused command creates, changes or deletes nothing.
+- Every file a command writes is written to a hidden temporary name in the target folder
+  (`.NAME.PID.XXXXXXXX.tmp`) and renamed when complete, so the target name only ever holds a complete
+  file. Ctrl-C (exit 130) and SIGTERM (exit 143) remove the temporary file and leave the previous file (if
+  any); a SIGKILL or power loss during a write can leave the temporary file, which the next write of the
+  same target removes once its process is gone.
 - Errors print one line, `agfprune: error: <what is wrong and what would be valid>`, on stderr; `--debug`
   (before the command: `agfprune --debug eval ...`) also prints the traceback.
+- NaN/Inf stops a command instead of producing a result: a loss or statistics in `calibrate` (naming the
+  batch), a training loss or gradients in `finetune` (naming the step), scores in `prune`, an export that
+  does not reproduce PyTorch within 1e-4.
+
+## File formats
+
+Every artefact records a format name and version, and the fingerprint (SHA-256 prefix of the weights) of
+the model it was made from or for; readers check both and explain a mismatch (exit 4). Checkpoints are
+read without executing code: safetensors, or `.pth/.pt/.th/.bin/.ckpt` with `torch.load(weights_only=True)`;
+a pickle that needs code to load is refused (exit 4).
+
+| artefact | written by | format (version key) | integrity check | reference |
+|---|---|---|---|---|
+| checkpoint (dense, pruned, finetuned best/last) `.safetensors` | `prune`, `finetune`, `export --format safetensors` | `agfprune-checkpoint` (`format_version` 1) | `fingerprint` of the tensors, verified on every read (a modified file is refused); pruned ones record `structure` and the pruning record with `base_fingerprint`, finetuned ones a `finetune` entry with the source fingerprint | [pruning.md](pruning.md), [finetune.md](finetune.md) |
+| calibration `.safetensors` | `calibrate` | `agfprune-calibration` (`format_version` 1) | `fingerprint` of the calibrated weights: `score` and `prune --calib` refuse it for other weights | [scores-schema.md](scores-schema.md) |
+| scores `.json` | `score` | `agfprune-scores` (`version` 1) | `model.fingerprint`: `prune --scores` refuses other weights, groups that do not fit, and missing or non-finite scores | [scores-schema.md](scores-schema.md) |
+| finetune state `NAME.state.pt` | `finetune` | `agfprune-finetune-state` (`version` 1), tensors and plain values only | `run_fingerprint` (source weights + recipe): `--resume` refuses another run's state | [finetune.md](finetune.md) |
+| finetune log `NAME.log.jsonl` | `finetune` | one JSON object per epoch (epoch 0 = before training) | rewritten whole after each epoch | [finetune.md](finetune.md) |
+| router `router.yaml` | `route calibrate` | `agfprune-router` (`format_version` 1) | both experts' fingerprints, re-checked by `route eval`, `route export` and `agfprune.load_router()` | [routing.md](routing.md) |
+| exports `.onnx`, TorchScript `.pt` | `export` | `agfprune-export` (`format_version` 1) in ONNX `metadata_props` or the TorchScript extra file `agfprune.json` | `source_fingerprint`; verified against PyTorch (max abs diff 1e-4) before the file is written | [export.md](export.md) |
+| Cascade TorchScript `.pt` | `route export` | `agfprune-export` (`format_version` 1) in `agfprune.json` | `light_fingerprint`, `heavy_fingerprint`, signal and threshold; checked against the eager Cascade | [routing.md](routing.md) |
+| route reports `--sweep` `.json`, `--plot` `.png` | `route eval` | the threshold sweep with both costs; a plot | written atomically | [routing.md](routing.md) |
+| compare results `DIR/results.json`, `results.md`, `accuracy.png`, `timings.json`, `cells/*.json` | `compare` | `agfprune-compare` (`format_version` 1) | `fingerprint` of the model; a cell is reused only when its `settings_key` (weights fingerprint + settings) matches | [results.md](results.md) |
 
 ## Exit codes
 
@@ -43,7 +73,7 @@ CODE_MEANING = {
     "model": "model name, checkpoint or artefact unknown, corrupt, tampered, or made for another model",
     "numerical": "NaN/Inf in a loss, statistics or scores; a target that cannot be reached numerically",
     "output": "an output file cannot be written (permissions, disk full, a folder in the way)",
-    "interrupted": "Ctrl-C (SIGINT); SIGTERM exits 143. No partial files are left",
+    "interrupted": "Ctrl-C (SIGINT); SIGTERM exits 143 (128 + 15). The previous file is kept, no partial file is left",
 }
 
 

@@ -7,30 +7,65 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from agfprune.core.errors import UsageError
+from agfprune.core.errors import UsageError, first_line
+
+
+def _command_path(ctx: typer.Context) -> list[str]:
+    """Names of the (sub)commands below the root: ['prune'], or ['route', 'calibrate'] for a sub-app."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return names[::-1]
 
 
 def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Optional[Path]:
-    """Eager: read a YAML file whose keys mirror the options, and make them the defaults."""
+    """Eager: read a YAML file whose keys mirror the options, and make them the defaults.
+
+    Top-level plain keys apply to every command that has such an option; the section named after
+    the command (`prune:`, or nested for a sub-app: `route: {calibrate: ...}`) applies to it only and
+    must name its options. Plain keys of an enclosing section (`route: {device: cpu}`) apply to all
+    commands of that sub-app.
+    """
     if value is None or ctx.resilient_parsing:
         return value
     import yaml
 
     try:
-        data = yaml.safe_load(Path(value).read_text()) or {}
+        data = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise UsageError(f"--config {value}: file not found") from None
+    except IsADirectoryError:
+        raise UsageError(f"--config {value}: is a folder, expected a YAML file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {value}: not a UTF-8 text file") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"--config {value}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UsageError(f"--config {value}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config {value}: expected a mapping of option names to values")
     valid = {p.name for p in ctx.command.params if p.name}
-    shared = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
-    own = data.get(ctx.info_name or "", {}) or {}
-    own = {k.replace("-", "_"): v for k, v in own.items()}
+    path = _command_path(ctx)
+    label = " ".join(path)
+
+    def plain(section: dict) -> dict[str, Any]:
+        return {str(k).replace("-", "_"): v for k, v in section.items() if not isinstance(v, dict)}
+
+    shared = plain(data)
+    section: Any = data
+    for depth, name in enumerate(path):
+        section = section.get(name) if isinstance(section, dict) else None
+        if section is None:
+            section = {}
+            break
+        if not isinstance(section, dict):
+            where = ": ".join(path[: depth + 1])
+            raise UsageError(f"--config {value}: section {where} must be a mapping of option names to values")
+        if depth < len(path) - 1:
+            shared.update(plain(section))  # e.g. route: {device: cpu} for every route command
+    own = {str(k).replace("-", "_"): v for k, v in section.items()}
     unknown = sorted(set(own) - valid)
     if unknown:
-        raise UsageError(f"--config {value}: unknown option(s) for {ctx.info_name}: {', '.join(unknown)} "
+        raise UsageError(f"--config {value}: unknown option(s) for {label}: {', '.join(unknown)} "
                          f"(valid: {', '.join(sorted(valid - {'config'}))})")
     defaults = {k: v for k, v in shared.items() if k in valid}
     defaults.update(own)
@@ -40,7 +75,8 @@ def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Optio
 
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", is_eager=True, callback=_load_config, metavar="FILE.yaml",
-    help="YAML file whose keys mirror the options (top-level keys, or a section named after the command).")]
+    help="YAML file whose keys mirror the options (top-level keys, or a section named after the command; "
+         "nested for sub-commands, e.g. route: {calibrate: {...}}).")]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="timm model name (e.g. resnet18, cifar_resnet56); optional when the checkpoint records it.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option(

@@ -42,6 +42,32 @@ def _export_format() -> str:
     return "onnx"
 
 
+DEMO_CALIB_BATCHES, DEMO_BATCH_SIZE = 8, 64
+
+
+def _validate_demo(out: Path, *, train_images: int, val_images: int, epochs: int, ratio: float,
+                   finetune_epochs: int, device: str) -> None:
+    """Check every option before the first file is written or the first minute of training is spent."""
+    from agfprune.core.atomic import check_writable
+    from agfprune.core.device import resolve_device
+    from agfprune.core.errors import UsageError
+    from agfprune.core.pruning import PruneOptions
+
+    PruneOptions(ratio=ratio).validate()
+    minimum = DEMO_CALIB_BATCHES * DEMO_BATCH_SIZE
+    if train_images < minimum:
+        raise UsageError(f"--train-images {train_images}: must be at least {minimum} "
+                         f"(calibration uses {DEMO_CALIB_BATCHES} batches of {DEMO_BATCH_SIZE})")
+    if val_images < 2:
+        raise UsageError(f"--val-images {val_images}: must be at least 2 (routing calibrates on one half)")
+    if epochs < 1:
+        raise UsageError(f"--epochs {epochs}: must be ≥ 1")
+    if finetune_epochs < 1:
+        raise UsageError(f"--finetune-epochs {finetune_epochs}: must be ≥ 1")
+    resolve_device(device)
+    check_writable(out / "train.npz")
+
+
 def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epochs: int, ratio: float,
              finetune_epochs: int, device: str, seed: int, quiet: bool) -> list[dict[str, Any]]:
     """The demo pipeline; returns one record per step (step, result, artefact, seconds)."""
@@ -54,6 +80,11 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
     from agfprune.core.models import create_model, load_model
     from agfprune.core.synthetic import make_synthetic
 
+    _validate_demo(out, train_images=train_images, val_images=val_images, epochs=epochs, ratio=ratio,
+                   finetune_epochs=finetune_epochs, device=device)
+    seed_everything(seed)
+    base = create_model(model)  # an unknown model name fails here, before anything is written
+    loaded = load_model(model)
     out.mkdir(parents=True, exist_ok=True)
     steps: list[dict[str, Any]] = []
     common = ["--device", device, "--seed", str(seed)]
@@ -72,10 +103,7 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
     record("data", f"{train_images} train / {val_images} val synthetic images, 10 classes", out,
            time.perf_counter() - started)
 
-    seed_everything(seed)
     init = out / "init.safetensors"
-    base = create_model(model)
-    loaded = load_model(model)
     write_checkpoint(init, base, arch=model, timm_kwargs={}, data_config=loaded.data_config)
 
     dense = out / "dense.safetensors"
@@ -90,14 +118,17 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
            dense, seconds)
 
     calib = out / "calib.safetensors"
-    result, seconds = run_step("calibrate", ["calibrate", "--checkpoint", dense, "--data", train, "--batches", "8",
-                                             "--batch-size", "64", "--out", calib, *common])
-    record("calibrate", f"{result.get('batches', 8)} batches, {result.get('structures', '?')} structures", calib, seconds)
+    result, seconds = run_step("calibrate", ["calibrate", "--checkpoint", dense, "--data", train, "--batches",
+                                             DEMO_CALIB_BATCHES, "--batch-size", DEMO_BATCH_SIZE, "--out", calib,
+                                             *common])
+    record("calibrate", f"{result['batches']} batches × 64 images, {result['layers']} layers' statistics", calib, seconds)
 
     scores = out / "scores.json"
     result, seconds = run_step("score", ["score", "--calib", calib, "--checkpoint", dense, "--metric", "all",
                                          "--out", scores, "--seed", str(seed)])
-    record("score", f"{len(result.get('metrics', [])) or 'all'} metrics scored", scores, seconds)
+    agreement = result["metrics"].get("magnitude-l1", {}).get("spearman_vs_agf")
+    detail = f"; Spearman(agf, magnitude-l1) = {agreement:.2f}" if isinstance(agreement, (int, float)) else ""
+    record("score", f"{len(result['metrics'])} metrics scored{detail}", scores, seconds)
 
     pruned = out / "pruned.safetensors"
     result, seconds = run_step("prune", ["prune", "--checkpoint", dense, "--calib", calib, "--metric", "agf",
@@ -125,7 +156,7 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
                                                    "--out", router, "--device", device])
     result, more = run_step("route eval", ["route", "eval", "--router", router, "--data", val,
                                            "--split-half", "second", "--device", device])
-    record("route", f"router top-1 {result['router']['top1']:.2f}% vs heavy {result['heavy']['top1']:.2f}%, "
+    record("route", f"router top-1 {result['router_top1']:.2f}% vs heavy {result['heavy_top1']:.2f}%, "
            f"heavy model on {100 * result['heavy_fraction']:.0f}% of inputs", router, seconds + more)
 
     export_format = _export_format()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from agfprune import __version__
 from agfprune.core.atomic import atomic_path
 from agfprune.core.device import autocast
-from agfprune.core.errors import DataError, ModelError, NumericalError, UsageError
+from agfprune.core.errors import DataError, ModelError, NumericalError, UsageError, first_line
 from agfprune.core.fingerprint import model_fingerprint
 from agfprune.core.progress import SILENT, Progress
 
@@ -416,7 +416,7 @@ def load_calibration(path: str | Path) -> CalibrationStats:
             raw = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{path}: not a readable calibration file ({str(exc).splitlines()[0][:160]})") from None
+        raise ModelError(f"{path}: not a readable calibration file ({first_line(exc, 160)})") from None
     metadata: dict[str, Any] = {}
     for key, value in raw.items():
         try:

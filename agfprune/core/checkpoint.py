@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch.nn as nn
 
 from agfprune import __version__
 from agfprune.core.atomic import atomic_path
-from agfprune.core.errors import ModelError
+from agfprune.core.errors import ModelError, first_line
 from agfprune.core.fingerprint import state_fingerprint
 
 FORMAT_NAME = "agfprune-checkpoint"
@@ -80,13 +82,16 @@ def _read_safetensors(path: Path) -> CheckpointFile:
 
 def _read_torch(path: Path) -> CheckpointFile:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ModelError(
-            f"{path}: refused, it needs arbitrary code to unpickle ({_first_line(exc)}); "
-            "re-save it as a plain state_dict or safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        needed = re.search(r"\bGLOBAL ([\w.]+)", str(exc))  # the class or function it would import
+        if needed:
+            raise ModelError(f"{path}: refused, unpickling it would run code ({needed.group(1)}); "
+                             "re-save it as a plain state_dict or safetensors") from None
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({_unpickling_detail(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - damaged files raise many types (EOF, zip, index, unicode...)
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     metadata: dict[str, Any] = {}
     if isinstance(obj, dict):
@@ -102,8 +107,14 @@ def _read_torch(path: Path) -> CheckpointFile:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return first_line(exc)
+
+
+def _unpickling_detail(exc: BaseException) -> str:
+    """torch's weights-only error is a paragraph of advice; keep the line that says what failed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if "Unsupported" in line or "WeightsUnpickler error" in line]
+    return (specific or lines or [type(exc).__name__])[0][:200]
 
 
 def read_checkpoint(path: str | Path) -> CheckpointFile:

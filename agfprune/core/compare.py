@@ -22,7 +22,7 @@ import torch
 
 from agfprune import __version__
 from agfprune.core.atomic import check_writable, write_text_atomic
-from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
+from agfprune.core.data import LoaderOptions, build_transform, cache_decoded, make_loader, open_dataset
 from agfprune.core.device import seed_everything
 from agfprune.core.errors import UsageError
 from agfprune.core.evaluate import count_cost, evaluate_accuracy
@@ -76,7 +76,12 @@ class CompareConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
         if self.bn_batches < 0 or self.finetune_epochs < 0:
             raise UsageError("--bn-batches and --finetune-epochs must be ≥ 0")
-        if self.finetune_lr <= 0:
+        for name in ("eval_limit", "finetune_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
+        if self.workers < 0:
+            raise UsageError(f"--workers {self.workers}: must be ≥ 0")
+        if not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
             raise UsageError(f"--finetune-lr {self.finetune_lr}: must be positive")
 
     def cell_settings(self) -> dict[str, Any]:
@@ -126,10 +131,14 @@ class _Runner:
         self.progress = progress
         self.stats: dict[int, Any] = {}
         eval_transform = build_transform(loaded.data_config)
-        self.calib_set = open_dataset(config.calib_data, "train", eval_transform)
-        self.eval_set = open_dataset(config.eval_data, "val", eval_transform)
-        self.train_set = (open_dataset(config.calib_data, "train", build_transform(loaded.data_config, train=True))
-                          if config.finetune_epochs else None)
+        # decoded images are cached: every cell re-reads the same calibration, BN and eval images
+        self.calib_set = cache_decoded(open_dataset(config.calib_data, "train", eval_transform))
+        self.eval_set = cache_decoded(open_dataset(config.eval_data, "val", eval_transform))
+        self.train_set = None
+        if config.finetune_epochs:
+            self.train_set = open_dataset(config.calib_data, "train", build_transform(loaded.data_config, train=True))
+            if hasattr(self.calib_set, "loader"):  # share one cache of decoded training images
+                self.train_set.loader = self.calib_set.loader  # type: ignore[union-attr]
         self.settings_key = _settings_key(loaded, config)
 
     def _calib_loader(self, seed: int, batch_size: int) -> Any:
@@ -213,8 +222,7 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
     """Compute (or reuse) every cell, then write results.json, results.md, the plot and overlaps."""
     config.validate()
     check_writable(config.out / "results.json")
-    cells_dir = config.out / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
+    cells_dir = config.out / "cells"  # created by the first cell's write: a failed start leaves no folder
     runner = _Runner(loaded, config, device, progress)
     dense = runner.evaluate(loaded.model)
     dense_cost = count_cost(loaded.model, loaded.input_size, device)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from agfprune.core.errors import DataError, UsageError
+from agfprune.core.errors import DataError, UsageError, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "test")}
@@ -88,7 +88,7 @@ def load_image_folder(path: Path, split: str, transform: Callable | None = None)
     try:
         dataset = ImageFolder(str(root), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{root}: no images found ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{root}: no images found ({first_line(exc)})") from None
     return dataset
 
 
@@ -233,3 +233,20 @@ def split_half(dataset: Dataset, half: str, seed: int = 0) -> Dataset:
     permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     chosen = permutation[: count // 2] if half == "first" else permutation[count // 2:]
     return Subset(dataset, chosen.sort().values.tolist())
+
+
+def cache_decoded(dataset: Dataset) -> Dataset:
+    """Keep decoded images in memory, so that repeated passes (many pruned variants evaluated on
+    one split) decode each file once; transforms still run per access, so augmentation stays random.
+
+    Works on ImageFolder-like sets (a `loader` attribute); others are returned unchanged.
+    """
+    import functools
+
+    inner = dataset
+    while isinstance(inner, Subset):
+        inner = inner.dataset
+    loader = getattr(inner, "loader", None)
+    if loader is not None and not hasattr(loader, "cache_info"):
+        inner.loader = functools.lru_cache(maxsize=None)(loader)  # type: ignore[attr-defined]
+    return dataset

@@ -58,3 +58,9 @@ EXIT_CODES = {
     "output": OutputError.exit_code,
     "interrupted": EXIT_INTERRUPTED,
 }
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (or its type name), for one-line errors."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -3,10 +3,15 @@
 Each exporter writes to a temporary file beside the target, runs that file on sample inputs next
 to the PyTorch model, and only renames it onto the target when the largest absolute difference
 of the logits is within tolerance; otherwise it raises NumericalError and leaves no file.
+
+ONNX and TorchScript files carry their provenance (format `agfprune-export`, version, the source
+architecture and weights fingerprint): ONNX as `metadata_props`, TorchScript as the extra file
+`agfprune.json`; `read_export_metadata` reads either.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +27,33 @@ from agfprune.core.progress import SILENT, Progress
 
 TOLERANCE = 1e-4
 TORCHSCRIPT_MODES = ("trace", "script")
+EXPORT_FORMAT = "agfprune-export"
+EXPORT_VERSION = 1
+EXTRA_FILE = "agfprune.json"  # TorchScript extra file holding the provenance
+
+
+def export_metadata(arch: str, fingerprint: str, **extra: Any) -> dict[str, str]:
+    """Provenance stored inside ONNX/TorchScript exports (string values, as ONNX requires)."""
+    from agfprune import __version__
+
+    fields = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "agfprune_version": __version__,
+              "arch": arch, "source_fingerprint": fingerprint, **extra}
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+
+
+def read_export_metadata(path: str | Path) -> dict[str, str]:
+    """The provenance of an ONNX or TorchScript file written by agfprune ({} when it has none)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return {prop.key: prop.value for prop in proto.metadata_props}
+    files = {EXTRA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    return json.loads(files[EXTRA_FILE]) if files[EXTRA_FILE] else {}
 
 
 @dataclass
@@ -96,6 +128,9 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, options: di
             raise ModelError(f"ONNX export failed: {type(legacy_exc).__name__}: "
                              f"{str(legacy_exc).splitlines()[0][:200] if str(legacy_exc) else ''}") from None
     proto = onnx.load(str(tmp))
+    for key, value in options.get("metadata", {}).items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(tmp))
     onnx.checker.check_model(proto)
     used_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
@@ -120,7 +155,8 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: Path, opti
             hint = "; try --torchscript-mode trace" if mode == "script" else ""
             raise ModelError(f"TorchScript {mode} failed: {type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}{hint}") from None
-        torch.jit.save(scripted, str(tmp))
+        extra = {EXTRA_FILE: json.dumps(options.get("metadata", {}), sort_keys=True)}
+        torch.jit.save(scripted, str(tmp), _extra_files=extra)
         loaded = torch.jit.load(str(tmp), map_location="cpu")
     loaded.eval()
 
@@ -153,30 +189,41 @@ def _export_safetensors(loaded_model: LoadedModel, tmp: Path) -> tuple[Callable[
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
 
-def export_model(loaded: LoadedModel, fmt: str, out: str | Path, *, batch_size: int = 2,
-                 opset: int | None = None, torchscript_mode: str = "trace", tolerance: float = TOLERANCE,
-                 seed: int = 0, progress: Progress = SILENT) -> ExportReport:
-    """Export `loaded.model` to `out` in `fmt`, verified against PyTorch (max abs diff ≤ tolerance)."""
+def check_export_request(fmt: str, out: str | Path, *, batch_size: int = 2, opset: int | None = None,
+                         torchscript_mode: str = "trace") -> None:
+    """Refuse bad options and an unwritable `out` before any model is loaded."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if batch_size <= 0:
         raise UsageError(f"--batch-size {batch_size}: must be positive")
     if opset is not None and not 7 <= opset <= 30:
         raise UsageError(f"--opset {opset}: expected an ONNX opset between 7 and 30")
+    if fmt == "torchscript" and torchscript_mode not in TORCHSCRIPT_MODES:
+        raise UsageError(f"--torchscript-mode {torchscript_mode!r}: expected trace or script")
     if fmt == "onnx":
         _require("onnx"), _require("onnxruntime")
-    out = Path(out)
     check_writable(out)
+
+
+def export_model(loaded: LoadedModel, fmt: str, out: str | Path, *, batch_size: int = 2,
+                 opset: int | None = None, torchscript_mode: str = "trace", tolerance: float = TOLERANCE,
+                 seed: int = 0, progress: Progress = SILENT) -> ExportReport:
+    """Export `loaded.model` to `out` in `fmt`, verified against PyTorch (max abs diff ≤ tolerance)."""
+    check_export_request(fmt, out, batch_size=batch_size, opset=opset, torchscript_mode=torchscript_mode)
+    out = Path(out)
     model = loaded.model.to("cpu").float().eval()
     inputs = sample_inputs(tuple(loaded.input_size), batch_size, seed)
     example = next(x for x in inputs if len(x) == max(2, batch_size))
     with torch.no_grad():
         reference = [model(x).float() for x in inputs]
+    metadata = export_metadata(loaded.arch, loaded.fingerprint, input_size=list(loaded.input_size),
+                               pruned=bool(loaded.metadata.get("structure")))
     with atomic_path(out, suffix=FORMATS[fmt]) as tmp:
         if fmt == "onnx":
-            run, detail = _export_onnx(model, example, tmp, {"opset": opset}, progress)
+            run, detail = _export_onnx(model, example, tmp, {"opset": opset, "metadata": metadata}, progress)
         elif fmt == "torchscript":
-            run, detail = _export_torchscript(model, example, tmp, {"torchscript_mode": torchscript_mode}, progress)
+            run, detail = _export_torchscript(model, example, tmp, {"torchscript_mode": torchscript_mode,
+                                                                    "metadata": metadata}, progress)
         else:
             run, detail = _export_safetensors(loaded, tmp)
         diff = _max_abs_diff(reference, [run(x) for x in inputs])

@@ -20,6 +20,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,7 +37,7 @@ from agfprune.core.data import build_transform, dataset_classes, open_dataset, s
 from agfprune.core.device import autocast, resolve_device, seed_everything
 from agfprune.core.distributed import (DistContext, all_reduce_sum, barrier, init_distributed,
                                        shard_indices, shutdown, unwrap, wrap_model)
-from agfprune.core.errors import DataError, ModelError, UsageError
+from agfprune.core.errors import DataError, ModelError, UsageError, first_line
 from agfprune.core.evaluate import Accuracy
 from agfprune.core.models import LoadedModel, load_model
 from agfprune.core.progress import SILENT, Progress
@@ -194,6 +195,10 @@ def _validate_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--batch-size {config.batch_size}: must be positive")
     if config.workers < 0:
         raise UsageError(f"--workers {config.workers}: must be ≥ 0")
+    if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
+        raise UsageError(f"--lr {config.lr}: must be a positive number")
+    if config.weight_decay is not None and not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise UsageError(f"--weight-decay {config.weight_decay}: must be ≥ 0")
     if config.save_every < 0:
         raise UsageError(f"--save-every {config.save_every}: must be ≥ 0 (0 = only at epoch ends)")
     if not 0 <= config.warmup_epochs <= config.epochs:
@@ -310,9 +315,11 @@ def load_state(path: Path, run_fingerprint: str, run_key: dict[str, Any]) -> dic
     if not path.exists():
         raise UsageError(f"--resume: state file {path} not found (run without --resume to start)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign files raise many types
-        raise ModelError(f"{path}: not a readable finetune state file ({str(exc).splitlines()[0][:160]})") from None
+        raise ModelError(f"{path}: not a readable finetune state file ({first_line(exc, 160)})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ModelError(f"{path}: not an agfprune finetune state file")
     if state.get("run_fingerprint") != run_fingerprint:
@@ -462,7 +469,8 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
                             config.workers, config.amp, progress)
         initial = _accuracy_record(accuracy)
         progress.log(f"before fine-tuning: val top-1 {accuracy.top1:.2f}%")
-        write_log()
+        # the log (with this epoch-0 line) is first written after epoch 1, so that a run failing before
+        # its first state save (NaN loss, bad data, Ctrl-C) leaves no new file behind
 
     final = records[-1] if records else None
     best_fingerprint = None

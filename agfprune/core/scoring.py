@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from agfprune import __version__
 from agfprune.core.atomic import write_text_atomic
-from agfprune.core.errors import ModelError, UsageError
+from agfprune.core.errors import ModelError, UsageError, first_line
 from agfprune.core.metrics.base import Metric, group_key, group_layers, layer_slices
 
 FORMAT_NAME = "agfprune-scores"
@@ -297,7 +297,7 @@ def load_scores(path: str | Path, metric: str | None = None) -> LoadedScores:
     except FileNotFoundError:
         raise ModelError(f"scores file not found: {path}") from None
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable scores file ({str(exc).splitlines()[0][:160]})") from None
+        raise ModelError(f"{path}: not a readable scores file ({first_line(exc, 160)})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise ModelError(f"{path}: not an agfprune scores file (run `agfprune score`)")
     if int(document.get("version", 0)) > FORMAT_VERSION:

@@ -125,7 +125,7 @@ class LossConfig:
             raise UsageError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise UsageError(f"--kd-alpha {self.kd_alpha}: must be in [0, 1]")
-        if self.kd_temperature <= 0:
+        if not (math.isfinite(self.kd_temperature) and self.kd_temperature > 0):
             raise UsageError(f"--kd-temperature {self.kd_temperature}: must be positive")
 
 

@@ -12,14 +12,6 @@ from tests.conftest import assert_one_line_error
 from tests.core.pruned_models import pruned_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return pruned_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors", ratio=0.75, input_px=8)

@@ -14,14 +14,6 @@ from tests.conftest import JPEG_TRAIN, JPEG_VAL, RESNET56_JPEG, assert_one_line_
 SYNTH = ("--data", "synthetic:64", "--calib-batches", "1", "--batch-size", "8", "--device", "cpu", "--quiet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _dense_checkpoint(path: Path, arch: str = "cifar_resnet20", seed: int = 1) -> Path:
     from agfprune.core.checkpoint import write_checkpoint
     from agfprune.core.models import create_model

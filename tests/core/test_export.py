@@ -14,14 +14,6 @@ from agfprune.core.models import load_model
 from tests.core.pruned_models import pruned_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory) -> Path:
     return pruned_checkpoint(tmp_path_factory.mktemp("pruned") / "pruned.safetensors", ratio=0.5, input_px=16)

@@ -22,16 +22,6 @@ from tests.core.pruned_models import pruned_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy shared CPU, OpenMP threads waiting on each other cost far more
-    than they gain for these tiny models (and the resume test compares runs at equal thread counts)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory) -> Path:
     """cifar_resnet20 with half its channels removed, at 16 px (fast)."""

@@ -19,15 +19,6 @@ from agfprune.core.models import load_model
 from agfprune.core.pruning import MetricScorer, PruneOptions, prune_model, save_pruned
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 INPUT = (3, 32, 32)
 VIT = dict(img_size=32, patch_size=8, num_classes=10)
 ARCHS = {

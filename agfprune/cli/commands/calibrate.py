@@ -67,6 +67,7 @@ def calibrate_command(
         "data_count": len(loader.dataset),
         "seed": seed,
     }
+    progress.log(f"calibrating {loaded.arch} on {batches} batches of {batch_size} from {data} ({split})")
     stats = calibrate(loaded.model, loader, torch_device, batches=batches, target=target, progress=progress,
                       amp=amp, metadata=provenance)
     save_calibration(out, stats)

@@ -45,6 +45,7 @@ def compare_command(
     """
     from agfprune.cli.common import load_model_from_options
     from agfprune.cli.output import RichProgress, print_json, stdout
+    from agfprune.core.atomic import check_writable
     from agfprune.core.compare import CompareConfig, render_markdown, run_compare
     from agfprune.core.device import resolve_device
 
@@ -60,6 +61,7 @@ def compare_command(
         eval_limit=eval_limit, eval_batch_size=batch_size, finetune_epochs=finetune_epochs,
         finetune_limit=finetune_limit, finetune_lr=finetune_lr, finetune_batch_size=64, workers=workers)
     compare_config.validate()
+    check_writable(Path(out) / "results.json")  # before the model is loaded
     loaded = load_model_from_options(model, checkpoint, False, torch_device)
     results = run_compare(loaded, compare_config, torch_device, RichProgress(quiet))
     if json_output:

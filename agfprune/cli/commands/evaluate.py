@@ -39,6 +39,10 @@ def eval_command(
     from agfprune.core.evaluate import count_cost, evaluate_accuracy, measure_latency
 
     o.require(data, "--data")
+    if latency_repeats < 0:
+        from agfprune.core.errors import UsageError
+
+        raise UsageError(f"--latency-repeats {latency_repeats}: must be ≥ 0 (0 skips the latency measurement)")
     torch_device = resolve_device(device)
     seed_everything(seed)
     progress = RichProgress(quiet)

@@ -31,8 +31,10 @@ def export_command(
     """Export a checkpoint and check the export against PyTorch (fails above a max abs diff of 1e-4)."""
     from agfprune.cli.common import data_config_from_options, load_model_from_options
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
-    from agfprune.core.export import export_model
+    from agfprune.core.export import check_export_request, export_model
 
+    check_export_request(export_format.lower(), out, batch_size=batch_size, opset=opset,
+                         torchscript_mode=torchscript_mode.lower())
     loaded = load_model_from_options(model, checkpoint_arg, False, "cpu")
     loaded.data_config = data_config_from_options(loaded, img_size, None, None)
     report = export_model(loaded, export_format.lower(), out, batch_size=batch_size, opset=opset,

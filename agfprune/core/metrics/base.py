@@ -191,3 +191,25 @@ class Metric(Importance):
             return (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
         denominator = {"mean": scores.mean(), "max": scores.max(), "sum": scores.sum()}[kind]
         return scores / denominator if float(denominator) != 0.0 else scores
+
+
+class ActivationWeightedMetric(Metric):
+    """Input-channel scores of the form weight_term(W)_c × ||X_c||₂^norm_power (Wanda, RIA):
+    a weight statistic of each consumer's input channel, scaled by that channel's activation norm."""
+
+    requires_stats = True
+    norm_power = 1.0
+
+    def weight_term(self, item: LayerSlice) -> torch.Tensor:
+        """One value per input channel of `item.module` (all channels, before slicing)."""
+        raise NotImplementedError
+
+    def local_scores(self, item: LayerSlice) -> torch.Tensor | None:
+        if item.side != "in":
+            return None
+        norms = self.stats.input_norm(item.name)
+        if norms is None:
+            return None
+        weights = take(self.weight_term(item).to(norms.dtype).cpu(), item.idxs, f"weights of {item.name}")
+        norms = take(norms, item.idxs, f"input statistics of {item.name}")
+        return weights * (norms if self.norm_power == 1.0 else norms.pow(self.norm_power))

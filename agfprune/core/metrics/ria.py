@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from agfprune.core.metrics import register_metric
-from agfprune.core.metrics.base import LayerSlice, Metric, take
+from agfprune.core.metrics.base import ActivationWeightedMetric, LayerSlice
 
 
 def relative_importance(weight: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -27,18 +27,11 @@ def relative_importance(weight: torch.Tensor, module: nn.Module) -> torch.Tensor
 
 
 @register_metric("ria")
-class RiaMetric(Metric):
+class RiaMetric(ActivationWeightedMetric):
     """Relative weight importance (row and column normalised) times sqrt of input norms."""
 
-    requires_stats = True
     summary = "sum_i (|W_ic|/sum_i'|W_i'c| + |W_ic|/sum_c'|W_ic'|) * ||X_c||_2^0.5"
+    norm_power = 0.5
 
-    def local_scores(self, item: LayerSlice) -> torch.Tensor | None:
-        if item.side != "in":
-            return None
-        norms = self.stats.input_norm(item.name)
-        if norms is None:
-            return None
-        relative = relative_importance(item.module.weight, item.module).to(norms.dtype).cpu()
-        relative = take(relative, item.idxs, f"weights of {item.name}")
-        return relative * take(norms, item.idxs, f"input statistics of {item.name}").sqrt()
+    def weight_term(self, item: LayerSlice) -> torch.Tensor:
+        return relative_importance(item.module.weight, item.module)

@@ -82,11 +82,23 @@ def _infer_num_classes(model: nn.Module, tensors: dict[str, torch.Tensor]) -> in
     return None
 
 
+def _built_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The input size a model was actually built for, where it records one (timm ViTs and kin)."""
+    patch_embed = getattr(model, "patch_embed", None)
+    size = getattr(patch_embed, "img_size", None)
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return None
+
+
 def resolve_model_data_config(model: nn.Module, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """timm's data config of `model`, updated with checkpoint metadata or user overrides."""
     from timm.data import resolve_data_config
 
     config = dict(resolve_data_config({}, model=model))
+    actual = _built_input_size(model)
+    if actual is not None:  # e.g. a ViT created with img_size=32: its pretrained cfg still says 224
+        config["input_size"] = (config["input_size"][0], *actual)
     for key, value in (overrides or {}).items():
         if value is not None:
             config[key] = tuple(value) if isinstance(value, list) else value

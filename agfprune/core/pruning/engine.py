@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from agfprune.core.errors import ModelError, UsageError
+from agfprune.core.errors import ModelError, UsageError, first_line
 from agfprune.core.evaluate import ModelCost, count_cost
 from agfprune.core.fingerprint import model_fingerprint
 from agfprune.core.progress import SILENT, Progress
@@ -140,7 +140,7 @@ def build_pruner(model: nn.Module, example: torch.Tensor, options: PruneOptions,
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             pruner = _make_pruner(model, example, options, channel_ratio, ignored, heads)
     except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
-        raise ModelError(f"cannot trace the model's dependency graph ({str(exc).splitlines()[0][:200]})") from None
+        raise ModelError(f"cannot trace the model's dependency graph ({first_line(exc)})") from None
     return pruner, heads
 
 

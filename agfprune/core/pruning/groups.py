@@ -138,4 +138,6 @@ def table_from_named_scores(pruner: tp.pruner.BasePruner, named: dict[str, torch
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise ModelError(f"{source}: no scores for {len(missing)} of this model's groups ({shown}); "
                          "the scores are for another model")
+    if not scores:
+        raise ModelError("the model has no prunable groups (everything is ignored or the classifier)")
     return ScoreTable(scores, groups)

@@ -56,6 +56,15 @@ class PruneRequest:
             raise UsageError("--bn-recalibrate needs --data (the images to re-estimate statistics on)")
         if self.batch_size <= 0:
             raise UsageError(f"--batch-size {self.batch_size}: must be positive")
+        if self.workers < 0:
+            raise UsageError(f"--workers {self.workers}: must be ≥ 0")
+        for name, value in (("--limit", self.limit), ("--eval-limit", self.eval_limit)):
+            if value is not None and value <= 0:
+                raise UsageError(f"{name} {value}: must be positive")
+        from agfprune.core.calibration import TARGETS as CALIB_TARGETS
+
+        if self.calib_target not in CALIB_TARGETS:
+            raise UsageError(f"--calib-target {self.calib_target!r}: expected one of {', '.join(CALIB_TARGETS)}")
         if self.out.suffix != ".safetensors":
             raise UsageError(f"--out {self.out}: pruned checkpoints are .safetensors files")
 

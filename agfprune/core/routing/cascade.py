@@ -99,8 +99,12 @@ def script_cascade(cascade: Cascade, input_size: tuple[int, ...], batch_size: in
     return scripted
 
 
-def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path) -> None:
-    """Write a compiled cascade atomically."""
+def save_torchscript(scripted: torch.jit.ScriptModule, path: str | Path,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write a compiled cascade atomically; `metadata` goes into the extra file agfprune.json."""
+    import json
+
+    extra = {"agfprune.json": json.dumps(metadata or {}, sort_keys=True)}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.save's deprecation notice
-        torch.jit.save(scripted, str(tmp))
+        torch.jit.save(scripted, str(tmp), _extra_files=extra)

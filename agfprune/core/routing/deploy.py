@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from agfprune.core.atomic import check_writable
+from agfprune.core.export import export_metadata
 from agfprune.core.routing.cascade import Cascade, save_torchscript, script_cascade
 from agfprune.core.routing.router_file import load_router_experts, read_router
 
@@ -40,5 +41,9 @@ def export_router(path: str | Path, out: str | Path, device: torch.device | str 
     cascade = load_router(path, device, light, heavy)
     input_size = tuple(spec.light.input_size)
     scripted = script_cascade(cascade, input_size)
-    save_torchscript(scripted, out)
+    metadata = export_metadata(f"cascade({spec.light.arch}, {spec.heavy.arch})", spec.light.fingerprint,
+                               light_fingerprint=spec.light.fingerprint,
+                               heavy_fingerprint=spec.heavy.fingerprint, router=str(path), signal=spec.signal,
+                               threshold=spec.threshold, input_size=list(input_size))
+    save_torchscript(scripted, out, metadata)
     return ExportResult(str(out), spec.signal, spec.threshold, list(input_size), Path(out).stat().st_size, True)

@@ -16,7 +16,7 @@ import torch
 
 from agfprune import __version__
 from agfprune.core.atomic import write_text_atomic
-from agfprune.core.errors import ModelError
+from agfprune.core.errors import ModelError, first_line
 from agfprune.core.models import LoadedModel
 from agfprune.core.routing.experts import ExpertPair, ExpertSource, check_compatible, load_expert
 from agfprune.core.routing.signals import SIGNALS
@@ -96,7 +96,7 @@ def read_router(path: str | Path) -> RouterSpec:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ModelError(f"{path}: not a readable YAML router file ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{path}: not a readable YAML router file ({first_line(exc)})") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise ModelError(f"{path}: not an agfprune router file (expected format: {FORMAT_NAME})")
     if int(document.get("format_version", 0)) > FORMAT_VERSION:
