@@ -92,3 +92,24 @@ def assert_one_line_error(result: CliResult, code: int | None = None) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("agfprune: error:"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def save_random_cifar(path: Path, seed: int, num_classes: int = 10, input_size=(3, 32, 32)) -> Path:
+    """A seeded random cifar_resnet20 saved as an agfprune checkpoint (e.g. two routing experts)."""
+    from agfprune.core.checkpoint import write_checkpoint
+    from agfprune.core.models import create_model
+    from agfprune.core.models.factory import resolve_model_data_config
+
+    torch.manual_seed(seed)
+    model = create_model("cifar_resnet20", num_classes=num_classes).eval()
+    config = dict(resolve_model_data_config(model), input_size=tuple(input_size))
+    write_checkpoint(path, model, arch="cifar_resnet20", timm_kwargs={"num_classes": num_classes},
+                     data_config=config)
+    return path
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory) -> tuple[Path, Path]:
+    """Two different random cifar_resnet20 checkpoints: (light, heavy)."""
+    folder = tmp_path_factory.mktemp("experts")
+    return save_random_cifar(folder / "light.safetensors", 0), save_random_cifar(folder / "heavy.safetensors", 1)

@@ -8,25 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from agfprune.core.checkpoint import write_checkpoint
 from agfprune.core.models import create_model
-from agfprune.core.models.factory import resolve_model_data_config
-from tests.conftest import JPEG_VAL, RESNET20_JPEG, RESNET56_JPEG, assert_one_line_error, needs_shared
+from tests.conftest import (JPEG_VAL, RESNET20_JPEG, RESNET56_JPEG, assert_one_line_error, needs_shared,
+                            save_random_cifar)
 
 
-def _save(path: Path, seed: int, num_classes: int = 10, input_size=(3, 32, 32)) -> Path:
-    torch.manual_seed(seed)
-    model = create_model("cifar_resnet20", num_classes=num_classes).eval()
-    config = dict(resolve_model_data_config(model), input_size=tuple(input_size))
-    write_checkpoint(path, model, arch="cifar_resnet20", timm_kwargs={"num_classes": num_classes},
-                     data_config=config)
-    return path
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("route_experts")
-    return _save(folder / "light.safetensors", 0), _save(folder / "heavy.safetensors", 1)
 
 
 DATA = "synthetic:64"
@@ -130,7 +116,7 @@ def test_calibrate_usage_errors(cli, experts, tmp_path, extra, code):
 @pytest.mark.parametrize("kwargs, message", [({"num_classes": 5}, "class counts"),
                                              ({"input_size": (3, 40, 40)}, "input sizes")])
 def test_incompatible_experts(cli, experts, tmp_path, kwargs, message):
-    other = _save(tmp_path / "other.safetensors", 5, **kwargs)
+    other = save_random_cifar(tmp_path / "other.safetensors", 5, **kwargs)
     result = _calibrate(cli, (experts[0], other), tmp_path / "router.yaml", "--match-heavy")
     assert_one_line_error(result, 4)
     assert message in result.stderr
@@ -140,7 +126,7 @@ def test_incompatible_experts(cli, experts, tmp_path, kwargs, message):
 def test_fingerprint_mismatch_on_eval_and_export(cli, experts, tmp_path):
     router = tmp_path / "router.yaml"
     assert _calibrate(cli, experts, router, "--match-heavy").exit_code == 0
-    impostor = _save(tmp_path / "impostor.safetensors", 9)
+    impostor = save_random_cifar(tmp_path / "impostor.safetensors", 9)
     result = cli("route", "eval", "-r", router, "--data", DATA, "--heavy", impostor, "--device", "cpu")
     assert_one_line_error(result, 4)
     assert "fingerprint" in result.stderr and "heavy expert" in result.stderr

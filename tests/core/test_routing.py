@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agfprune.core.checkpoint import write_checkpoint
 from agfprune.core.data import split_half
 from agfprune.core.errors import ModelError, UsageError
 from agfprune.core.models import create_model, load_model
-from agfprune.core.models.factory import resolve_model_data_config
 from agfprune.core.routing import Cascade, compute_signal, get_signal, load_router
 from agfprune.core.routing.calibrate import (Objective, heavy_mask, point_at_threshold, select_point,
                                              threshold_sweep)
@@ -20,21 +18,9 @@ from agfprune.core.routing.cascade import script_cascade
 from agfprune.core.routing.cost import routing_cost
 from agfprune.core.routing.experts import check_compatible
 from agfprune.core.routing.router_file import ExpertRecord, RouterSpec, read_router, write_router
+from tests.conftest import save_random_cifar
 
 
-def _save(path: Path, seed: int, num_classes: int = 10, input_size=(3, 32, 32)) -> Path:
-    torch.manual_seed(seed)
-    model = create_model("cifar_resnet20", num_classes=num_classes).eval()
-    config = dict(resolve_model_data_config(model), input_size=tuple(input_size))
-    write_checkpoint(path, model, arch="cifar_resnet20", timm_kwargs={"num_classes": num_classes},
-                     data_config=config)
-    return path
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("experts")
-    return _save(folder / "light.safetensors", 0), _save(folder / "heavy.safetensors", 1)
 
 
 def _random_logits(seed: int, samples: int = 200, classes: int = 10, ties: bool = False):
@@ -202,7 +188,7 @@ def test_fingerprint_mismatch_is_explained(tmp_path, experts):
     light = tmp_path / "light.safetensors"
     light.write_bytes(experts[0].read_bytes())
     write_router(tmp_path / "router.yaml", _spec(light, experts[1]))
-    _save(light, 42)  # retrained in place: same path, new weights
+    save_random_cifar(light, 42)  # retrained in place: same path, new weights
     with pytest.raises(ModelError, match="light expert .* fingerprint .* re-run `agfprune route calibrate`"):
         load_router(tmp_path / "router.yaml")
 
@@ -220,9 +206,9 @@ def test_bad_router_files(tmp_path, text, message):
 
 
 def test_experts_must_agree_on_classes_and_input_size(tmp_path):
-    base = load_model(checkpoint=_save(tmp_path / "a.safetensors", 0))
-    other_classes = load_model(checkpoint=_save(tmp_path / "b.safetensors", 1, num_classes=5))
-    other_size = load_model(checkpoint=_save(tmp_path / "c.safetensors", 2, input_size=(3, 40, 40)))
+    base = load_model(checkpoint=save_random_cifar(tmp_path / "a.safetensors", 0))
+    other_classes = load_model(checkpoint=save_random_cifar(tmp_path / "b.safetensors", 1, num_classes=5))
+    other_size = load_model(checkpoint=save_random_cifar(tmp_path / "c.safetensors", 2, input_size=(3, 40, 40)))
     with pytest.raises(ModelError, match="different class counts"):
         check_compatible(base, other_classes)
     with pytest.raises(ModelError, match="different input sizes"):
