@@ -79,4 +79,4 @@ class RichProgress(Progress):
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            stderr.print(message, highlight=False)
+            stderr.print(message, highlight=False, markup=False)

@@ -92,7 +92,7 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
     def record(step: str, result: str, artefact: Path | str, seconds: float) -> None:
         steps.append({"step": step, "result": result, "artefact": str(artefact), "seconds": round(seconds, 2)})
         if not quiet:
-            stderr.print(f"[demo] {step}: {result} ({seconds:.1f} s)", highlight=False)
+            stderr.print(f"[demo] {step}: {result} ({seconds:.1f} s)", highlight=False, markup=False)
 
     started = time.perf_counter()
     train, val = out / "train.npz", out / "val.npz"
