@@ -25,6 +25,10 @@ HeavyModelOpt = Annotated[Optional[str], typer.Option(
 SplitSeedOpt = Annotated[Optional[int], typer.Option(
     "--split-seed", help="Seed of the permutation that splits the val images into halves.")]
 RouterOpt = Annotated[Optional[Path], typer.Option("--router", "-r", help="(required) router.yaml written by `route calibrate`.")]
+LightOverrideOpt = Annotated[Optional[Path], typer.Option(
+    "--light", help="Use this light checkpoint instead of the recorded path (fingerprint must match).")]
+HeavyOverrideOpt = Annotated[Optional[Path], typer.Option(
+    "--heavy", help="Use this heavy checkpoint instead of the recorded path (fingerprint must match).")]
 
 
 def _objective(match_heavy: bool, tolerance: Optional[float], max_heavy_fraction: Optional[float],
@@ -113,10 +117,8 @@ def eval_command(
     split_half: Annotated[Optional[str], typer.Option(
         "--split-half", help="first|second|none; default: the half the router was NOT calibrated on.")] = None,
     split_seed: SplitSeedOpt = None,
-    light: Annotated[Optional[Path], typer.Option(
-        "--light", help="Use this light checkpoint instead of the recorded path (fingerprint must match).")] = None,
-    heavy: Annotated[Optional[Path], typer.Option(
-        "--heavy", help="Use this heavy checkpoint instead of the recorded path (fingerprint must match).")] = None,
+    light: LightOverrideOpt = None,
+    heavy: HeavyOverrideOpt = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write accuracy vs cost as a PNG.")] = None,
     sweep: Annotated[Optional[Path], typer.Option("--sweep", help="Write the full threshold sweep (Pareto table) as JSON.")] = None,
     random_draws: Annotated[int, typer.Option("--random-draws", help="Random-routing draws averaged.")] = 5,
@@ -189,10 +191,8 @@ def export_command(
     router: RouterOpt = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="(required) TorchScript file to write (e.g. cascade.pt).")] = None,
-    light: Annotated[Optional[Path], typer.Option(
-        "--light", help="Use this light checkpoint instead of the recorded path (fingerprint must match).")] = None,
-    heavy: Annotated[Optional[Path], typer.Option(
-        "--heavy", help="Use this heavy checkpoint instead of the recorded path (fingerprint must match).")] = None,
+    light: LightOverrideOpt = None,
+    heavy: HeavyOverrideOpt = None,
     device: o.DeviceOpt = "cpu",
     json_output: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
