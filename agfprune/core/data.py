@@ -219,12 +219,17 @@ def dataset_classes(dataset: Dataset) -> int:
 SPLIT_HALVES = ("first", "second", "none")
 
 
+def check_split_half(half: str) -> None:
+    """Validate a --split-half value (callers check it before loading models)."""
+    if half not in SPLIT_HALVES:
+        raise UsageError(f"--split-half {half!r}: expected one of {', '.join(SPLIT_HALVES)}")
+
+
 def split_half(dataset: Dataset, half: str, seed: int = 0) -> Dataset:
     """One of two disjoint halves of a data set (a seeded permutation, first or second half of it),
     or the whole set for "none"; the same (half, seed) always gives the same images, so that a
     threshold tuned on one half can be reported on the other."""
-    if half not in SPLIT_HALVES:
-        raise UsageError(f"--split-half {half!r}: expected one of {', '.join(SPLIT_HALVES)}")
+    check_split_half(half)
     if half == "none":
         return dataset
     count = len(dataset)  # type: ignore[arg-type]

@@ -136,15 +136,12 @@ def eval_command(
 ) -> None:
     """Accuracy of light, heavy, router and random routing; heavy fraction; both costs; cascade latency."""
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout, table
-    from agfprune.core.data import SPLIT_HALVES, LoaderOptions
+    from agfprune.core.data import LoaderOptions
     from agfprune.core.device import resolve_device, seed_everything
-    from agfprune.core.errors import UsageError
     from agfprune.core.routing.report import evaluate_router
 
     o.require(router, "--router")
     o.require(data, "--data")
-    if split_half is not None and split_half not in SPLIT_HALVES:
-        raise UsageError(f"--split-half {split_half!r}: expected one of {', '.join(SPLIT_HALVES)}")
     torch_device = resolve_device(device)
     seed_everything(seed)
     report = evaluate_router(

@@ -172,7 +172,7 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
     `light`/`heavy` are ExpertSource; `options` a LoaderOptions.
     """
     from agfprune.core.atomic import check_writable
-    from agfprune.core.data import LoaderOptions
+    from agfprune.core.data import LoaderOptions, check_split_half
     from agfprune.core.evaluate import count_cost
     from agfprune.core.progress import SILENT
     from agfprune.core.routing.cost import routing_cost
@@ -184,6 +184,7 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
     options = options or LoaderOptions()
     get_signal(signal)
     objective.validate()
+    check_split_half(half)
     check_writable(out)
     device = torch.device(device)
     pair = load_experts(light, heavy, device)

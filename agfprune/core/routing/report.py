@@ -160,6 +160,10 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
     """Evaluate router.yaml on `data` (by default the half it was not calibrated on)."""
     from agfprune.core.routing.calibrate import _data_label
 
+    from agfprune.core.data import check_split_half
+
+    if half is not None:
+        check_split_half(half)
     for target in (plot, sweep_json):
         if target is not None:
             check_writable(target)
