@@ -74,3 +74,27 @@ def test_prunes_runs_shrinks_and_reloads(arch: str, ratio: float, metric: str, t
     rebuilt = agfprune.load(str(path))
     with torch.no_grad():
         assert torch.equal(out, rebuilt(x))
+    # still a normal timm model: the head can be replaced, on the pruned model and on its reload
+    for model in (result.model, rebuilt):
+        _assert_widths_true(model, x)
+        model.reset_classifier(3)
+        with torch.no_grad():
+            assert model(x).shape == (2, 3)
+
+
+def _assert_widths_true(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """num_features/embed_dim/head_hidden_size/feature_info equal the widths a forward pass produces."""
+    seen: dict[str, int] = {}
+    hooks = [model.get_submodule(info["module"]).register_forward_hook(
+        lambda _m, _i, out, name=info["module"]: seen.__setitem__(name, out.shape[1] if out.dim() == 4 else out.shape[-1]))
+        for info in model.feature_info]
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pre_logits = model.forward_head(features, pre_logits=True)
+    for hook in hooks:
+        hook.remove()
+    width = features.shape[1] if features.dim() == 4 else features.shape[-1]
+    assert model.num_features == width
+    assert getattr(model, "embed_dim", width) == width
+    assert model.head_hidden_size == pre_logits.shape[-1]
+    assert {info["module"]: info["num_chs"] for info in model.feature_info} == seen

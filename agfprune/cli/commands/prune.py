@@ -47,6 +47,9 @@ def prune_command(
     prune_heads: Annotated[bool, typer.Option(
         "--prune-heads", help="ViTs: remove whole attention heads (--ratio of them, at least one kept) instead of "
                               "head dimensions; MLP neurons and embedding channels are pruned either way.")] = False,
+    head_ratio: Annotated[Optional[float], typer.Option(
+        "--head-ratio", help="ViTs: fraction of each attention's heads to remove (default --ratio with "
+                             "--prune-heads); implies --prune-heads.")] = None,
     steps: Annotated[int, typer.Option(
         "--steps", help="Iterative pruning in K steps, re-scoring (and recalibrating) in between.")] = 1,
     bn_recalibrate: Annotated[Optional[int], typer.Option(
@@ -77,7 +80,7 @@ def prune_command(
 
     options = PruneOptions(ratio=ratio, target=target, global_pruning=global_pruning,
                            max_layer_ratio=max_layer_ratio, round_to=round_to, ignore=list(ignore or []),
-                           prune_heads=prune_heads, steps=steps)
+                           prune_heads=prune_heads, head_ratio=head_ratio, steps=steps)
     request = PruneRequest(out=out, options=options, model=model, checkpoint=checkpoint, pretrained=pretrained,
                            metric=metric, data=data, calib=calib, scores=scores, calib_batches=calib_batches,
                            calib_target=calib_target, bn_recalibrate=bn_recalibrate, batch_size=batch_size,

@@ -92,14 +92,18 @@ class CifarResNet(nn.Module):
                  **_: Any) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = 64
+        self.num_features = self.head_hidden_size = 64
         self.in_planes = 16
         self.conv1 = nn.Conv2d(in_chans, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.layer1 = self._make_layer(16, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(32, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(64, num_blocks[2], stride=2)
-        self.linear = nn.Linear(64, num_classes)
+        self.linear: nn.Module = nn.Linear(64, num_classes)
+        # timm's feature-extraction description; widths are rewritten after pruning
+        self.feature_info = [dict(num_chs=16, reduction=1, module="layer1"),
+                             dict(num_chs=32, reduction=2, module="layer2"),
+                             dict(num_chs=64, reduction=4, module="layer3")]
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, OptionAShortcut):
                 nn.init.kaiming_normal_(module.weight)
@@ -113,6 +117,15 @@ class CifarResNet(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.linear
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new linear head for `num_classes` (0: none, forward returns pooled features), as timm's."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"CIFAR ResNets pool by average only, not {global_pool!r}")
+        parameter = self.linear.weight if isinstance(self.linear, nn.Linear) else next(self.parameters())
+        self.num_classes = num_classes
+        self.linear = (nn.Linear(self.num_features, num_classes, device=parameter.device, dtype=parameter.dtype)
+                       if num_classes > 0 else nn.Identity())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -13,6 +13,7 @@ import torch.nn as nn
 from agfprune.core.checkpoint import CheckpointFile, apply_structure, load_state_strict, read_checkpoint
 from agfprune.core.errors import ModelError, UsageError
 from agfprune.core.fingerprint import model_fingerprint
+from agfprune.core.models.widths import sync_width_attributes
 
 
 @dataclass
@@ -137,6 +138,8 @@ def load_model(arch: str | None = None, checkpoint: str | Path | None = None, *,
             apply_structure(model, structure, ckpt.tensors)
         load_state_strict(model, ckpt.tensors, str(checkpoint), arch)
     data_config = resolve_model_data_config(model, ckpt.metadata.get("data_config") if ckpt else None)
+    if ckpt and ckpt.metadata.get("structure"):
+        sync_width_attributes(model, tuple(data_config["input_size"]))
     model.eval()
     model.to(device)
     return LoadedModel(

@@ -23,6 +23,7 @@ import torch_pruning as tp
 from agfprune.core.errors import ModelError, UsageError, first_line
 from agfprune.core.evaluate import ModelCost, count_cost
 from agfprune.core.fingerprint import model_fingerprint
+from agfprune.core.models.widths import sync_width_attributes
 from agfprune.core.progress import SILENT, Progress
 from agfprune.core.pruning import vit
 from agfprune.core.pruning.allocation import global_allocation, local_allocation, ratio_for_count
@@ -134,6 +135,9 @@ def build_pruner(model: nn.Module, example: torch.Tensor, options: PruneOptions,
     afterwards (set_layer_ratios), from the scores."""
     ignored = ignored_modules(model, options.ignore)
     heads = vit.head_counts(model, ignored)
+    if options.removes_heads and not heads:
+        raise UsageError("--prune-heads/--head-ratio: this model has no prunable attention heads "
+                         "(timm-style attention with a fused qkv layer); drop the option")
     try:
         with warnings.catch_warnings():
             # cls_token/pos_embed/layer-scale gammas: pruning their last dimension is what we want
@@ -153,8 +157,8 @@ def _make_pruner(model: nn.Module, example: torch.Tensor, options: PruneOptions,
         ignored_layers=ignored, round_to=options.round_to,
         # fresh dicts: torch-pruning mutates these and its defaults are shared between instances
         in_channel_groups={}, out_channel_groups={}, num_heads=dict(heads),
-        prune_num_heads=options.prune_heads and bool(heads), prune_head_dims=not options.prune_heads,
-        head_pruning_ratio=channel_ratio if options.prune_heads else 0.0,
+        prune_num_heads=options.removes_heads and bool(heads), prune_head_dims=not options.removes_heads,
+        head_pruning_ratio=options.head_ratio_for(channel_ratio) or 0.0,
     )
 
 
@@ -203,13 +207,13 @@ def _prune_copy(dense: nn.Module, example: torch.Tensor, table: ScoreTable, opti
     model = copy.deepcopy(dense)
     pruner, heads = build_pruner(model, example, trial_options, channel_ratio)
     set_layer_ratios(pruner, table, _allocation(table, channel_ratio, trial_options), model)
-    _prune_step(pruner, table, 1, 1, heads, channel_ratio if options.prune_heads else None, None)
+    _prune_step(pruner, table, 1, 1, heads, options.head_ratio_for(channel_ratio), None)
     return model
 
 
 def _allocation(table: ScoreTable, channel_ratio: float, options: PruneOptions) -> dict[str, int]:
     exclude = set()
-    if options.prune_heads:
+    if options.removes_heads:
         exclude = {name for name, info in table.groups.items() if info.channel_groups > 1
                    and any(m.endswith(".qkv") for m in info.members)}
     allocate = global_allocation if options.global_pruning else local_allocation
@@ -308,7 +312,7 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
         pruner, heads = build_pruner(model, example, options, channel_ratio)
         tracker = ChannelTracker(pruner.DG)
     set_layer_ratios(pruner, table, _allocation(table, channel_ratio, options), model)
-    head_ratio = channel_ratio if options.prune_heads else None
+    head_ratio = options.head_ratio_for(channel_ratio)
     batches_used = 0
     for step in range(1, options.steps + 1):
         if step > 1:
@@ -319,6 +323,7 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
         _prune_step(pruner, table, step, options.steps, heads, head_ratio, tracker)
         progress.log(f"step {step}/{options.steps}: {sum(p.numel() for p in model.parameters()):,} params")
     _restore_frozen(model, frozen)
+    sync_width_attributes(model, size)
     model.eval()
     if recalibrate is not None:
         batches_used = recalibrate(model)
@@ -332,7 +337,7 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
     record = PruneRecord(
         metric=scorer.name, ratio=options.ratio, target=options.target, channel_ratio=round(channel_ratio, 6),
         global_pruning=options.global_pruning, max_layer_ratio=options.layer_cap, round_to=options.round_to,
-        ignore=list(options.ignore), prune_heads=options.prune_heads, steps=options.steps,
+        ignore=list(options.ignore), prune_heads=options.removes_heads, head_ratio=head_ratio, steps=options.steps,
         bn_recalibration_batches=batches_used, input_size=list(size),
         params_before=dense_cost.params, params_after=pruned_cost.params,
         macs_before=dense_cost.macs, macs_after=pruned_cost.macs,

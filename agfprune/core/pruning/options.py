@@ -27,6 +27,7 @@ class PruneOptions:
     round_to: int | None = None
     ignore: list[str] = field(default_factory=list)
     prune_heads: bool = False
+    head_ratio: float | None = None  # fraction of each attention's heads to remove; implies prune_heads
     steps: int = 1
     tolerance: float = 0.01
 
@@ -44,10 +45,25 @@ class PruneOptions:
                              "with per-layer pruning every layer loses exactly --ratio of its channels")
         if self.round_to is not None and self.round_to < 1:
             raise UsageError(f"--round-to {self.round_to}: must be a positive channel multiple")
+        if self.head_ratio is not None and not 0.0 <= self.head_ratio < 1.0:
+            raise UsageError(f"--head-ratio {self.head_ratio}: must be in [0, 1) (the fraction of each "
+                             "attention's heads to remove; at least one head is always kept)")
         if self.steps < 1:
             raise UsageError(f"--steps {self.steps}: must be at least 1")
         if not 0.0 < self.tolerance < 0.5:
             raise UsageError(f"tolerance {self.tolerance}: must be in (0, 0.5)")
+
+    @property
+    def removes_heads(self) -> bool:
+        """Whole heads go (--prune-heads or --head-ratio) instead of dimensions within each head."""
+        return self.prune_heads or self.head_ratio is not None
+
+    def head_ratio_for(self, channel_ratio: float) -> float | None:
+        """Fraction of heads each attention loses: --head-ratio, else the channel ratio with
+        --prune-heads; None when heads are kept whole-number-wise (head dimensions shrink instead)."""
+        if self.head_ratio is not None:
+            return self.head_ratio
+        return channel_ratio if self.prune_heads else None
 
     @property
     def layer_cap(self) -> float:

@@ -67,6 +67,7 @@ class PruneRecord:
     base_arch: str
     base_fingerprint: str
     seed: int | None = None
+    head_ratio: float | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_time_s: float = 0.0
