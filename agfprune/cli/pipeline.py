@@ -121,7 +121,7 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
     result, seconds = run_step("calibrate", ["calibrate", "--checkpoint", dense, "--data", train, "--batches",
                                              DEMO_CALIB_BATCHES, "--batch-size", DEMO_BATCH_SIZE, "--out", calib,
                                              *common])
-    record("calibrate", f"{result['batches']} batches × 64 images, {result['layers']} layers' statistics", calib, seconds)
+    record("calibrate", f"{result['batches']} batches × 64 images, {result['removal_sites']} removal sites", calib, seconds)
 
     scores = out / "scores.json"
     result, seconds = run_step("score", ["score", "--calib", calib, "--checkpoint", dense, "--metric", "all",

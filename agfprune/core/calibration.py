@@ -2,11 +2,12 @@
 statistic the metrics need (AGF, Taylor, input norms, parameter gradients), never per-sample
 activations.
 
-Hooks: a forward hook on each Conv/Linear/norm layer registers a tensor hook on its output, so
-that |a * dL/da| is reduced per channel during backward while both tensors are alive anyway; a
-forward pre-hook sums the squared layer input per input channel (Wanda/RIA); the attention
-projection of timm ViTs also gets input-side AGF/Taylor sums, so heads (proj input features) are
-scorable. Parameter gradients simply accumulate in `.grad` across batches (SNIP).
+Hooks: AGF and Taylor sums are taken exactly at the removal sites of the model's dependency groups
+(agfprune.core.pruning.groups: norm outputs, writes into residual streams, consumer inputs of
+internal groups; never a frozen shortcut). A forward hook (output sites) or forward pre-hook (input
+sites) registers a tensor hook, so that |a * dL/da| is reduced per channel during backward while
+both tensors are alive anyway; a forward pre-hook sums the squared input of every Conv/Linear per
+input channel (Wanda/RIA). Parameter gradients accumulate in `.grad` across batches (SNIP).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from agfprune.core.atomic import atomic_path
 from agfprune.core.device import autocast
 from agfprune.core.errors import DataError, ModelError, NumericalError, UsageError, first_line
 from agfprune.core.fingerprint import model_fingerprint
+from agfprune.core.layer_types import NORM_TYPES, WEIGHT_TYPES  # noqa: F401 - re-exported
 from agfprune.core.progress import SILENT, Progress
 
 FORMAT_NAME = "agfprune-calibration"
-FORMAT_VERSION = 1
+# 2: AGF/Taylor at removal sites only (version 1 read every layer output, the frozen shortcut too)
+FORMAT_VERSION = 2
 TARGETS = ("labels", "self")
-NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-WEIGHT_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
 _KINDS = ("out_abs", "out_taylor", "in_abs", "in_taylor", "in_sq", "grad")
 
 
@@ -94,41 +95,15 @@ class CalibrationStats:
 
 # ---- hooks ---------------------------------------------------------------------------------------
 
-def _expected_channels(module: nn.Module) -> int | None:
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return module.out_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.num_features
-    if isinstance(module, nn.GroupNorm):
-        return module.num_channels
-    if isinstance(module, nn.LayerNorm):
-        return int(module.normalized_shape[0]) if len(module.normalized_shape) == 1 else None
-    return None
-
-
-def _channel_dim(module: nn.Module, tensor: torch.Tensor, channels: int | None) -> int | None:
-    """Which dimension of `tensor` holds the module's channels (1 for NCHW, last for tokens)."""
-    if channels is None or tensor.ndim < 2:
+def _channel_dim(tensor: torch.Tensor, channels: int, channels_last: bool) -> int | None:
+    """Which dimension of `tensor` holds the `channels` (1 for NCHW, last for tokens)."""
+    if tensor.ndim < 2:
         return None
-    channels_last = isinstance(module, nn.Linear) or (
-        isinstance(module, nn.LayerNorm) and not type(module).__name__.endswith("2d"))
     order = (tensor.ndim - 1, 1) if channels_last else (1, tensor.ndim - 1)
     for dim in order:
         if tensor.shape[dim] == channels:
             return dim
     return None
-
-
-def _attention_projections(model: nn.Module) -> set[nn.Module]:
-    """Output projections of multi-head attention blocks (timm ViT style: .qkv, .proj, .num_heads)."""
-    found = set()
-    for module in model.modules():
-        proj = getattr(module, "proj", None)
-        if hasattr(module, "num_heads") and hasattr(module, "qkv") and isinstance(proj, nn.Linear):
-            found.add(proj)
-    return found
 
 
 def _flatten(tensor: torch.Tensor, dim: int) -> torch.Tensor | None:
@@ -167,7 +142,7 @@ def _channel_square_sums(x: torch.Tensor, dim: int) -> torch.Tensor:
 class _Collector:
     """Owns the accumulators and the hooks of one calibration run."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device, sites: list[Any]) -> None:
         self.model = model
         self.dtype = dtype
         self.device = device
@@ -175,13 +150,16 @@ class _Collector:
         self.handles: list[Any] = []
         self.clone_outputs: set[str] = set()
         self.modified_in_place: set[str] = set()
-        projections = _attention_projections(model)
-        for name, module in model.named_modules():
-            if isinstance(module, WEIGHT_TYPES + NORM_TYPES):
-                self.handles.append(module.register_forward_hook(self._output_hook(name, module)))
-            if isinstance(module, WEIGHT_TYPES):
+        modules = dict(model.named_modules())
+        input_sites = {site.module: site for site in sites if site.side == "in"}
+        for site in sites:
+            if site.side == "out":
+                self.handles.append(modules[site.module].register_forward_hook(self._output_hook(site)))
+        for name, module in modules.items():
+            square_sums = isinstance(module, WEIGHT_TYPES)
+            if square_sums or name in input_sites:
                 self.handles.append(module.register_forward_pre_hook(
-                    self._input_hook(name, module, module in projections)))
+                    self._input_hook(name, module if square_sums else None, input_sites.get(name))))
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -233,35 +211,38 @@ class _Collector:
         counts = self.stats.counts[side]
         counts[name] = counts.get(name, 0) + product.numel() // product.shape[dim]
 
-    def _output_hook(self, name: str, module: nn.Module):
-        channels = _expected_channels(module)
-
+    def _output_hook(self, site: Any):
         def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor) or not output.requires_grad:
                 return
-            dim = _channel_dim(mod, output, channels)
+            dim = _channel_dim(output, site.channels, site.channels_last)
             if dim is not None:
-                self._tap(name, output, dim, "out")
+                self._tap(site.module, output, dim, "out")
 
         return hook
 
-    def _input_hook(self, name: str, module: nn.Module, head_features: bool):
-        channels = module.in_channels if isinstance(module, nn.modules.conv._ConvNd) else module.in_features
+    def _input_hook(self, name: str, weighted: nn.Module | None, site: Any):
+        """Squared-input sums of a Conv/Linear (`weighted`) and/or an input-side removal site."""
+        channels = None
+        if weighted is not None:
+            channels = weighted.in_channels if isinstance(weighted, nn.modules.conv._ConvNd) else weighted.in_features
+        tokens = isinstance(weighted, nn.Linear)
 
         def hook(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
             if not inputs or not isinstance(inputs[0], torch.Tensor):
                 return
             x = inputs[0]
-            dim = _channel_dim(mod, x, channels)
-            if dim is None:
-                return
-            with torch.no_grad():
-                squares = _channel_square_sums(x.detach().to(self.dtype), dim)
-                self._accumulate(self.stats.in_sq, name, squares)
-                counts = self.stats.counts["in_sq"]
-                counts[name] = counts.get(name, 0) + x.numel() // x.shape[dim]
-            if head_features and x.requires_grad:
-                self._tap(name, x, dim, "in")
+            dim = _channel_dim(x, channels, tokens) if channels is not None else None
+            if dim is not None:
+                with torch.no_grad():
+                    squares = _channel_square_sums(x.detach().to(self.dtype), dim)
+                    self._accumulate(self.stats.in_sq, name, squares)
+                    counts = self.stats.counts["in_sq"]
+                    counts[name] = counts.get(name, 0) + x.numel() // x.shape[dim]
+            if site is not None and x.requires_grad:
+                site_dim = _channel_dim(x, site.channels, site.channels_last)
+                if site_dim is not None:
+                    self._tap(name, x, site_dim, "in")
 
         return hook
 
@@ -309,7 +290,8 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
     model.eval()
     fingerprint = model_fingerprint(model)
     parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    collector = _Collector(model, dtype, device)
+    collector: _Collector | None = None
+    sites: list[Any] = []
     started = time.perf_counter()
     batch_size = 0
     iterator = iter(loader)
@@ -323,6 +305,9 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
                                 f"{batch_size or 'the requested size'}; use fewer batches or more data") from None
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             batch_size = max(batch_size, len(images))
+            if collector is None:
+                sites = removal_sites_of(model, images[:1])
+                collector = _Collector(model, dtype, device, sites)
             _run_batch(model, collector, images, labels, target, amp, device, index, batches)
             if collector.modified_in_place:
                 if index > 0:
@@ -343,7 +328,8 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
         if not all(bool(torch.isfinite(g).all()) for g in stats.grad.values()):
             raise NumericalError("calibration produced NaN/Inf parameter gradients")
     finally:
-        collector.remove()
+        if collector is not None:
+            collector.remove()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     stats = _to_cpu(collector.stats)
@@ -360,9 +346,23 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
         "amp": bool(amp and device.type == "cuda"),
         "dtype": str(dtype).replace("torch.", ""),
         "seconds": round(time.perf_counter() - started, 3),
+        "sites": [site.key for site in sites],
         **dict(metadata or {}),
     }
     return stats
+
+
+def removal_sites_of(model: nn.Module, example: torch.Tensor) -> list[Any]:
+    """The tensors to tap: the removal sites of every group of the model's dependency graph."""
+    from agfprune.core.pruning.groups import model_sites
+
+    was_training = model.training
+    try:
+        return model_sites(model, example)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
+        raise ModelError(f"cannot trace the model's dependency graph ({first_line(exc)})") from None
+    finally:
+        model.train(was_training)
 
 
 def _run_batch(model: nn.Module, collector: _Collector, images: torch.Tensor, labels: torch.Tensor,
@@ -428,6 +428,9 @@ def load_calibration(path: str | Path) -> CalibrationStats:
     if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelError(f"{path}: calibration format {metadata['format_version']} is newer than this "
                          f"agfprune supports ({FORMAT_VERSION}); upgrade agfprune")
+    if int(metadata.get("format_version", 0)) < FORMAT_VERSION:
+        raise ModelError(f"{path}: calibration format {metadata.get('format_version')} measured AGF at every "
+                         "layer output, not at removal sites; rerun `agfprune calibrate`")
     stats = CalibrationStats()
     for key, value in tensors.items():
         kind, _, name = key.partition("/")

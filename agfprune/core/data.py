@@ -232,12 +232,16 @@ def split_half(dataset: Dataset, half: str, seed: int = 0) -> Dataset:
     check_split_half(half)
     if half == "none":
         return dataset
-    count = len(dataset)  # type: ignore[arg-type]
+    return Subset(dataset, half_indices(len(dataset), half, seed))  # type: ignore[arg-type]
+
+
+def half_indices(count: int, half: str, seed: int = 0) -> list[int]:
+    """Sorted positions of one seeded half of `count` items (what `split_half` keeps)."""
     if count < 2:
         raise DataError(f"cannot split a data set of {count} image(s) into halves")
     permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     chosen = permutation[: count // 2] if half == "first" else permutation[count // 2:]
-    return Subset(dataset, chosen.sort().values.tolist())
+    return chosen.sort().values.tolist()
 
 
 def cache_decoded(dataset: Dataset) -> Dataset:

@@ -22,11 +22,12 @@ import torch.nn as nn
 from agfprune import __version__
 from agfprune.core.atomic import write_text_atomic
 from agfprune.core.errors import ModelError, UsageError, first_line
-from agfprune.core.metrics.base import Metric, group_key, group_layers, layer_slices
+from agfprune.core.metrics.base import Metric
+from agfprune.core.pruning.groups import (ROOT_MODULE_TYPES, attention_heads, build_graph, classifier_modules,
+                                          graph_of, group_key, group_layers, iter_groups, layer_slices)
 
 FORMAT_NAME = "agfprune-scores"
 FORMAT_VERSION = 1
-ROOT_MODULE_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
 SIGNIFICANT_DIGITS = 7
 
 __all__ = ["GroupScores", "LoadedScores", "MetricScores", "ScoreReport", "ScoreRequest", "run_scoring", "attention_heads", "build_graph",
@@ -34,64 +35,14 @@ __all__ = ["GroupScores", "LoadedScores", "MetricScores", "ScoreReport", "ScoreR
            "score_model", "write_scores"]
 
 
-# ---- groups, the pruner's way ---------------------------------------------------------------------
-
-def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """{qkv layer: number of heads} for timm-style attention blocks (what tp pruners take as num_heads)."""
-    return {module.qkv: int(module.num_heads) for module in model.modules()
-            if hasattr(module, "num_heads") and isinstance(getattr(module, "qkv", None), nn.Linear)}
-
-
 def default_ignored_layers(model: nn.Module) -> list[nn.Module]:
     """The classifier: pruning its outputs would drop classes."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    return [classifier] if isinstance(classifier, nn.Module) and not isinstance(classifier, nn.Identity) else []
-
-
-def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> Any:
-    """A DependencyGraph traced in eval mode (tracing in train mode would move BatchNorm statistics)."""
-    import torch_pruning as tp
-
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    finally:
-        model.train(was_training)
-
-
-def _reroot_attention(graph: Any, group: Any, num_heads: dict[nn.Module, int]) -> Any:
-    """torch-pruning's `_downstream_node_as_root_if_attention`: root attention groups at proj input."""
-    is_attention = False
-    downstream = None
-    for dep, idxs in group:
-        if dep.source.module in num_heads and graph.is_out_channel_pruning_fn(dep.handler):
-            is_attention = True
-        if isinstance(dep.target.module, ROOT_MODULE_TYPES) and graph.is_in_channel_pruning_fn(dep.handler):
-            downstream, downstream_idxs = dep, idxs
-    if is_attention and downstream is not None:
-        return graph.get_pruning_group(downstream.target.module, downstream.handler, downstream_idxs)
-    return None
-
-
-def iter_groups(graph: Any, ignored_layers: Sequence[nn.Module] = (),
-                num_heads: dict[nn.Module, int] | None = None,
-                root_module_types: Sequence[type] = ROOT_MODULE_TYPES) -> Iterator[Any]:
-    """Every prunable group, attention groups re-rooted exactly as torch-pruning's pruners do."""
-    num_heads = num_heads or {}
-    for group in graph.get_all_groups(ignored_layers=list(ignored_layers), root_module_types=tuple(root_module_types)):
-        if any(graph.is_out_channel_pruning_fn(dep.handler) and dep.target.module in num_heads for dep, _ in group):
-            group = _reroot_attention(graph, group, num_heads)
-            if group is None:
-                continue
-        yield group
+    return classifier_modules(model)
 
 
 def _group_heads(group: Any, num_heads: dict[nn.Module, int]) -> int | None:
     """Heads of an attention group: qkv must be an *output* slice (a residual stream only reads qkv)."""
-    graph = group._DG
+    graph = graph_of(group)
     heads = [num_heads[dep.target.module] for dep, _ in group
              if dep.target.module in num_heads and graph.is_out_channel_pruning_fn(dep.handler)]
     return max(heads) if heads else None
@@ -337,8 +288,8 @@ class ScoreRequest:
     model: str | None = None
     checkpoint: Path | None = None
     pretrained: bool = False
-    group_reduction: str = "mean"
-    normalizer: str = "mean"
+    group_reduction: str | None = None  # None: each metric's default (sum for loss-unit metrics)
+    normalizer: str | None = None       # None: each metric's default (none for loss-unit metrics)
     img_size: int | None = None
     seed: int = 0
 
@@ -360,9 +311,9 @@ class ScoreRequest:
         from agfprune.core.metrics.base import GROUP_REDUCTIONS, NORMALIZERS
 
         self.metric_list()
-        if self.group_reduction not in GROUP_REDUCTIONS:
+        if self.group_reduction is not None and self.group_reduction not in GROUP_REDUCTIONS:
             raise UsageError(f"--group-reduction {self.group_reduction!r}: expected one of {', '.join(GROUP_REDUCTIONS)}")
-        if self.normalizer not in NORMALIZERS:
+        if self.normalizer is not None and self.normalizer not in NORMALIZERS:
             raise UsageError(f"--normalizer {self.normalizer!r}: expected one of {', '.join(NORMALIZERS)}")
         if self.img_size is not None and self.img_size <= 0:
             raise UsageError(f"--img-size {self.img_size}: must be positive")

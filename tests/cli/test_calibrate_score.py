@@ -42,7 +42,8 @@ def test_calibrate_reports_what_it_collected(cli, tmp_path):
     result = cli("calibrate", *CALIB, "--out", tmp_path / "c.safetensors", "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["batches"] == 1 and summary["samples"] == 8 and summary["layers"] == 41
+    assert summary["batches"] == 1 and summary["samples"] == 8 and summary["removal_sites"] == 19
+    # ResNet-20: 9 block-internal norm outputs + 10 stream writes (stem + 3 per stage; never a shortcut)
     assert summary["parameters_with_gradients"] == 59  # 61 parameters minus 2 frozen option-A shortcuts
 
 

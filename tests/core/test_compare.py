@@ -39,7 +39,7 @@ def test_compare_writes_reports_and_reproduces_exactly(dense, tmp_path: Path) ->
     rows = {row["metric"]: row for row in first["summary"]}
     assert rows["agf"]["params"] < first["dense"]["params"] * 0.4
     assert rows["agf"]["seeds"] == 2 and rows["random"]["beats_random_pruned"] is None
-    assert first["overlap"]["0.5"]["agf"]["agf"] == 1.0
+    assert first["overlap"]["0.5/local"]["agf"]["agf"] == 1.0
     run_compare(dense, _config(tmp_path / "b"), device)
     assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()
 
@@ -48,7 +48,7 @@ def test_finished_cells_are_reused(dense, tmp_path: Path) -> None:
     device = resolve_device("cpu")
     config = _config(tmp_path, metrics=["magnitude-l1"], seeds=1, finetune_epochs=0)
     run_compare(dense, config, device)
-    cell_path = tmp_path / "cells" / "magnitude-l1_r0.5_s0.json"
+    cell_path = tmp_path / "cells" / "magnitude-l1_local_r0.5_s0.json"
     data = json.loads(cell_path.read_text())
     data["top1_pruned"] = 42.0  # a reused cell keeps its stored value
     cell_path.write_text(json.dumps(data))
@@ -85,3 +85,24 @@ def test_summary_ranks_and_random_test(dense, tmp_path: Path) -> None:
     assert summary["agf"]["top1_pruned_std"] == pytest.approx(1.4142, abs=1e-3)
     overlap = jaccard_overlaps(cells, ["agf", "random"], 0.5)
     assert overlap["agf"]["random"] == pytest.approx((0 / 4 + 1 / 3) / 2, abs=1e-4)
+
+
+def test_allocations_are_crossed_and_halves_partition_the_evaluation(dense, tmp_path: Path) -> None:
+    results = run_compare(dense, _config(tmp_path, allocations=["local", "global", "global-cost"], target="params",
+                                         seeds=1, finetune_epochs=0), resolve_device("cpu"))
+    cells = results["cells"]
+    assert sorted((c["metric"], c["allocation"]) for c in cells) == sorted(
+        (m, a) for m in ("agf", "random") for a in ("local", "global", "global-cost"))
+    for cell in cells:
+        halves = cell["halves"]["pruned"]
+        # 64 images: the two disjoint halves of 32 average to the whole split's top-1
+        assert (halves["select"] + halves["report"]) / 2 == pytest.approx(cell["top1_pruned"], abs=1e-3)
+    assert {row["allocation"] for row in results["summary"]} == {"local", "global", "global-cost"}
+    assert "global-cost allocation" in (tmp_path / "results.md").read_text()
+
+
+def test_cost_aware_allocation_needs_a_params_or_macs_target(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--cost-aware"):
+        _config(tmp_path, allocations=["global-cost"]).validate()
+    with pytest.raises(UsageError, match="--allocation"):
+        _config(tmp_path, allocations=["globl"]).validate()

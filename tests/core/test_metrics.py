@@ -79,10 +79,10 @@ def test_magnitude_formulas(mlp_setup):
     assert torch.allclose(summed, w1.abs().sum(1) + w2.abs().sum(0), atol=1e-6)
 
 
-def test_agf_and_taylor_read_the_producer_statistics(mlp_setup):
+def test_agf_and_taylor_read_the_consumer_input(mlp_setup):
     _, stats, group, _ = mlp_setup
-    assert torch.allclose(_score("agf", stats, group), stats.agf("fc1"), atol=1e-7)
-    assert torch.allclose(_score("taylor", stats, group), stats.taylor("fc1"), atol=1e-7)
+    assert torch.allclose(_score("agf", stats, group), stats.agf("fc2", "in"), atol=1e-7)
+    assert torch.allclose(_score("taylor", stats, group), stats.taylor("fc2", "in"), atol=1e-7)
     # (N, C) outputs have no positions, so AGF and Taylor coincide here; test_calibration covers maps
 
 
@@ -99,7 +99,8 @@ def test_snip_formula(mlp_setup):
     model, stats, group, _ = mlp_setup
     g1, gb1, g2 = stats.mean_grad("fc1.weight"), stats.mean_grad("fc1.bias"), stats.mean_grad("fc2.weight")
     w1, b1, w2 = model.fc1.weight.detach(), model.fc1.bias.detach(), model.fc2.weight.detach()
-    expected = ((w1 * g1).abs().sum(1) + (b1 * gb1).abs() + (w2 * g2).abs().sum(0)) / 2
+    # loss units: the saliencies of all the parameters a channel removes add up (no mean over layers)
+    expected = (w1 * g1).abs().sum(1) + (b1 * gb1).abs() + (w2 * g2).abs().sum(0)
     assert torch.allclose(_score("snip", stats, group), expected, atol=1e-7)
 
 

@@ -23,6 +23,12 @@ def compare_command(
     ratios: Annotated[str, typer.Option("--ratios", help="Comma-separated pruning ratios (see --target).")] = "0.5,0.75",
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1: vary calibration batches and random.")] = 3,
     target: Annotated[str, typer.Option("--target", help="What --ratios remove: channels, params or macs.")] = "channels",
+    allocation: Annotated[str, typer.Option(
+        "--allocation", help="Comma list of local (ratio per group), global (ranked across groups) and global-cost "
+                             "(ranked by utility per param/MAC freed; needs --target params|macs).")] = "local",
+    normalizer: Annotated[Optional[str], typer.Option(
+        "--normalizer", help="Per-group score scaling for every metric [default: each metric's own: none for "
+                             "agf/taylor/snip/random, mean otherwise].", show_default=False)] = None,
     calib_batches: Annotated[int, typer.Option("--calib-batches", help="Calibration batches per seed.")] = 16,
     calib_batch_size: Annotated[int, typer.Option("--calib-batch-size", help="Images per calibration batch.")] = 64,
     bn_batches: Annotated[int, typer.Option("--bn-batches", help="BN recalibration batches after pruning (0: off).")] = 16,
@@ -59,7 +65,8 @@ def compare_command(
         metrics=[m.strip() for m in metrics.split(",") if m.strip()], ratios=list(ratio_values), seeds=seeds,
         target=target, calib_batches=calib_batches, calib_batch_size=calib_batch_size, bn_batches=bn_batches,
         eval_limit=eval_limit, eval_batch_size=batch_size, finetune_epochs=finetune_epochs,
-        finetune_limit=finetune_limit, finetune_lr=finetune_lr, finetune_batch_size=64, workers=workers)
+        finetune_limit=finetune_limit, finetune_lr=finetune_lr, finetune_batch_size=64, workers=workers,
+        allocations=[a.strip() for a in allocation.split(",") if a.strip()], normalizer=normalizer)
     compare_config.validate()
     check_writable(Path(out) / "results.json")  # before the model is loaded
     loaded = load_model_from_options(model, checkpoint, False, torch_device)

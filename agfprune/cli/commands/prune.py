@@ -35,7 +35,15 @@ def prune_command(
     target: Annotated[str, typer.Option(
         "--target", help="What --ratio counts: channels (per group), params or macs (of the whole model).")] = "channels",
     global_pruning: Annotated[bool, typer.Option(
-        "--global", help="Rank channels across layers (normalised scores) instead of removing --ratio from each.")] = False,
+        "--global", help="Rank channels across layers instead of removing --ratio from each: agf, taylor and snip "
+                         "in raw loss units, other metrics after --normalizer.")] = False,
+    normalizer: Annotated[Optional[str], typer.Option(
+        "--normalizer", help="Per-group score scaling before global ranking: none, mean, max, sum, standardization "
+                             "or gaussian [default: none for agf/taylor/snip/random, mean otherwise].",
+        show_default=False)] = None,
+    cost_aware: Annotated[bool, typer.Option(
+        "--cost-aware", help="With --global and --target params|macs: rank by utility per parameter (MAC) a "
+                             "channel frees.")] = False,
     max_layer_ratio: Annotated[Optional[float], typer.Option(
         "--max-layer-ratio", help="Most of one group's channels that may go (default 0.9 with --global, else 1); "
                                   "a group always keeps at least one channel.")] = None,
@@ -80,7 +88,8 @@ def prune_command(
 
     options = PruneOptions(ratio=ratio, target=target, global_pruning=global_pruning,
                            max_layer_ratio=max_layer_ratio, round_to=round_to, ignore=list(ignore or []),
-                           prune_heads=prune_heads, head_ratio=head_ratio, steps=steps)
+                           prune_heads=prune_heads, head_ratio=head_ratio, steps=steps, normalizer=normalizer,
+                           cost_aware=cost_aware)
     request = PruneRequest(out=out, options=options, model=model, checkpoint=checkpoint, pretrained=pretrained,
                            metric=metric, data=data, calib=calib, scores=scores, calib_batches=calib_batches,
                            calib_target=calib_target, bn_recalibrate=bn_recalibrate, batch_size=batch_size,

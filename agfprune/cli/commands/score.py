@@ -19,10 +19,13 @@ def score_command(
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     pretrained: o.PretrainedOpt = False,
-    group_reduction: Annotated[str, typer.Option(
-        "--group-reduction", help="How a group's layer scores combine: mean, sum, max, prod or first.")] = "mean",
-    normalizer: Annotated[str, typer.Option(
-        "--normalizer", help="Per-group scaling: mean, max, sum, standardization, gaussian or none.")] = "mean",
+    group_reduction: Annotated[Optional[str], typer.Option(
+        "--group-reduction", help="How a group's layer scores combine: mean, sum, max, prod or first "
+        "[default: sum for agf/taylor/snip (loss units), mean otherwise].", show_default=False)] = None,
+    normalizer: Annotated[Optional[str], typer.Option(
+        "--normalizer", help="Per-group scaling: mean, max, sum, standardization, gaussian or none "
+        "[default: none for agf/taylor/snip/random (comparable across groups), mean otherwise].",
+        show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output scores file (.json).")] = None,
     img_size: o.ImgSizeOpt = None,
     seed: o.SeedOpt = 0,

@@ -61,8 +61,9 @@ def metric_class(name: str) -> type:
 
 
 def get_metric(name: str, stats: CalibrationStats | None = None, seed: int = 0,
-               group_reduction: str = "mean", normalizer: str | None = "mean") -> Metric:
-    """An Importance instance for `name`, ready to call on torch-pruning groups."""
+               group_reduction: str | None = None, normalizer: str | None = None) -> Metric:
+    """An Importance instance for `name`, ready to call on torch-pruning groups (None: the metric's
+    own default reduction and normaliser)."""
     return metric_class(name)(stats=stats, seed=seed, group_reduction=group_reduction,
                               normalizer=normalizer)
 

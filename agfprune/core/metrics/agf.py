@@ -1,20 +1,19 @@
-"""AGF: mean over batches, samples and positions of |a * dL/da| (absolute value before averaging)."""
+"""AGF: mean over batches, samples and positions of |a * dL/da| (absolute value before averaging),
+read at each group's removal sites and summed over them (loss units, comparable across layers)."""
 
 from __future__ import annotations
 
 import torch
 
 from agfprune.core.metrics import register_metric
-from agfprune.core.metrics.base import LayerSlice, Metric, take
+from agfprune.core.metrics.base import SiteMetric, SiteSlice
 
 
 @register_metric("agf")
-class AgfMetric(Metric):
-    """Activation-gradient first-order utility of each structure's output feature."""
+class AgfMetric(SiteMetric):
+    """Activation-gradient first-order utility of each structure, where its removal acts."""
 
-    requires_stats = True
-    summary = "mean |a * dL/da| over samples and positions (abs before averaging)"
+    summary = "mean |a * dL/da| over samples and positions (abs before averaging), summed over removal sites"
 
-    def local_scores(self, item: LayerSlice) -> torch.Tensor | None:
-        values = self.stats.agf(item.name, item.side)
-        return None if values is None else take(values, item.idxs, f"AGF statistics of {item.name}")
+    def site_scores(self, item: SiteSlice) -> torch.Tensor | None:
+        return self.stats.agf(item.site.module, item.site.side)

@@ -3,7 +3,9 @@
 A group is a list of (dependency, idxs) items: every layer slice that must be pruned together.
 A metric scores each layer slice it understands (`local_scores`), the scores are reduced over the
 group onto the root's channels (`group_reduction`) and normalised (`normalizer`), exactly as
-torch-pruning's own importances do, so a pruner can call any metric unchanged.
+torch-pruning's own importances do, so a pruner can call any metric unchanged. Loss-unit metrics
+(AGF, Taylor) read the group's removal sites instead of its layer slices (`SiteMetric`) and sum
+them; each metric declares its default reduction and normaliser (docs/metrics.md says why).
 """
 
 from __future__ import annotations
@@ -15,61 +17,18 @@ import torch
 import torch.nn as nn
 from torch_pruning.pruner.importance import Importance
 
-from agfprune.core.calibration import NORM_TYPES, WEIGHT_TYPES, CalibrationStats
+from agfprune.core.calibration import CalibrationStats
 from agfprune.core.errors import ModelError, UsageError
+from agfprune.core.layer_types import NORM_TYPES, WEIGHT_TYPES
+from agfprune.core.pruning.groups import (LayerSlice, SiteSlice, group_key, group_layers, layer_slices,
+                                          removal_sites)
 
 GROUP_REDUCTIONS = ("mean", "sum", "max", "prod", "first")
 NORMALIZERS = ("mean", "max", "sum", "standardization", "gaussian", "none")
 
-
-@dataclass
-class LayerSlice:
-    """One layer's part of a group: which channels (`idxs`) map onto which root channels."""
-
-    module: nn.Module
-    name: str
-    side: str  # "out": output channels/features of the layer; "in": its input channels
-    idxs: list[int]
-    root_idxs: list[int | None]
-
-
-def _module_name(group: Any, module: nn.Module) -> str:
-    graph = getattr(group, "_DG", None)
-    names = getattr(graph, "_module2name", {}) if graph is not None else {}
-    return names.get(module) or type(module).__name__
-
-
-def _is_out(group: Any, dep: Any) -> bool:
-    graph = getattr(group, "_DG", None)
-    if graph is not None:
-        return bool(graph.is_out_channel_pruning_fn(dep.handler))
-    return "out" in getattr(dep.handler, "__name__", "")
-
-
-def group_key(group: Any) -> str:
-    """A stable id of a group: the root layer's module name plus `:out` or `:in`."""
-    dep = group[0].dep
-    return f"{_module_name(group, dep.target.module)}:{'out' if _is_out(group, dep) else 'in'}"
-
-
-def group_layers(group: Any) -> list[str]:
-    """`name:out` / `name:in` of every Conv/Linear/norm layer slice in the group, in group order."""
-    return [f"{item.name}:{item.side}" for item in layer_slices(group)]
-
-
-def layer_slices(group: Any) -> list[LayerSlice]:
-    """The Conv/Linear/norm slices of a group (operators and bare parameters are skipped)."""
-    slices = []
-    for index, (dep, idxs) in enumerate(group):
-        module = dep.target.module
-        if not isinstance(module, WEIGHT_TYPES + NORM_TYPES):
-            continue
-        side = "out" if _is_out(group, dep) else "in"
-        if isinstance(module, NORM_TYPES) and side != "out":
-            continue
-        slices.append(LayerSlice(module, _module_name(group, module), side, [int(i) for i in idxs],
-                                 list(group[index].root_idxs)))
-    return slices
+__all__ = ["ActivationWeightedMetric", "GROUP_REDUCTIONS", "LayerSlice", "Metric", "NORMALIZERS", "NORM_TYPES",
+           "SiteMetric", "SiteSlice", "WEIGHT_TYPES", "group_key", "group_layers", "in_channel_view",
+           "layer_slices", "out_channel_view", "removal_sites", "take"]
 
 
 def take(vector: torch.Tensor, idxs: list[int], what: str) -> torch.Tensor:
@@ -105,10 +64,15 @@ class Metric(Importance):
     name: ClassVar[str] = ""
     requires_stats: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    # loss-unit metrics are comparable across groups as they are: summed, never rescaled per group
+    loss_units: ClassVar[bool] = False
+    default_reduction: ClassVar[str] = "mean"
+    default_normalizer: ClassVar[str] = "mean"
 
     def __init__(self, stats: CalibrationStats | None = None, seed: int = 0,
-                 group_reduction: str = "mean", normalizer: str | None = "mean") -> None:
-        normalizer = "none" if normalizer is None else normalizer
+                 group_reduction: str | None = None, normalizer: str | None = None) -> None:
+        group_reduction = group_reduction or self.default_reduction
+        normalizer = normalizer or self.default_normalizer
         if group_reduction not in GROUP_REDUCTIONS:
             raise UsageError(f"--group-reduction {group_reduction!r}: expected one of {', '.join(GROUP_REDUCTIONS)}")
         if normalizer not in NORMALIZERS:
@@ -133,14 +97,19 @@ class Metric(Importance):
         """A last per-metric transform after group reduction (identity by default)."""
         return reduced
 
-    @torch.no_grad()
-    def __call__(self, group: Any) -> torch.Tensor | None:
-        """One score per channel of the group's root (float32), or None when nothing is scorable."""
-        contributions = []
+    def contributions(self, group: Any) -> list[tuple[torch.Tensor, list[int | None]]]:
+        """(scores, root channels) of every part of the group this metric reads."""
+        found = []
         for item in layer_slices(group):
             local = self.local_scores(item)
             if local is not None:
-                contributions.append((local.detach().to("cpu", torch.float64).reshape(-1), item.root_idxs))
+                found.append((local.detach().to("cpu", torch.float64).reshape(-1), item.root_idxs))
+        return found
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        """One score per channel of the group's root (float32), or None when nothing is scorable."""
+        contributions = self.contributions(group)
         if not contributions:
             return None
         root_channels = [int(i) for i in group[0].idxs]
@@ -191,6 +160,31 @@ class Metric(Importance):
             return (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
         denominator = {"mean": scores.mean(), "max": scores.max(), "sum": scores.sum()}[kind]
         return scores / denominator if float(denominator) != 0.0 else scores
+
+
+class SiteMetric(Metric):
+    """A utility in loss units read at the group's removal sites and summed over them: removing a
+    channel removes it at every site at once, and first-order effects of several sources add."""
+
+    requires_stats = True
+    loss_units = True
+    default_reduction = "sum"
+    default_normalizer = "none"
+
+    def site_scores(self, item: SiteSlice) -> torch.Tensor | None:
+        """Per-channel utility at one site (all of the site's channels), or None if not calibrated."""
+        raise NotImplementedError
+
+    def contributions(self, group: Any) -> list[tuple[torch.Tensor, list[int | None]]]:
+        found = []
+        for item in removal_sites(group):
+            values = self.site_scores(item)
+            if values is None:
+                raise ModelError(f"the calibration has no statistics at {item.site.key}, a removal site of "
+                                 f"group {group_key(group)}; recalibrate this model with this agfprune")
+            local = take(values, item.idxs, f"{self.name} statistics at {item.site.key}")
+            found.append((local.detach().to("cpu", torch.float64).reshape(-1), item.root_idxs))
+        return found
 
 
 class ActivationWeightedMetric(Metric):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from agfprune.core.calibration import NORM_TYPES
+from agfprune.core.layer_types import NORM_TYPES
 from agfprune.core.metrics import register_metric
 from agfprune.core.metrics.base import LayerSlice, Metric, in_channel_view, out_channel_view, take
 

@@ -17,6 +17,7 @@ class RandomMetric(Metric):
     every run, whatever order the groups are visited in."""
 
     summary = "seeded uniform scores"
+    default_normalizer = "none"  # uniform in [0, 1) everywhere: already comparable across groups
 
     def local_scores(self, item: LayerSlice) -> torch.Tensor | None:  # pragma: no cover - unused
         return None

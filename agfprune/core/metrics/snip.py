@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from agfprune.core.calibration import NORM_TYPES
+from agfprune.core.layer_types import NORM_TYPES
 from agfprune.core.errors import ModelError
 from agfprune.core.metrics import register_metric
 from agfprune.core.metrics.base import LayerSlice, Metric, in_channel_view, out_channel_view, take
@@ -19,6 +19,10 @@ class SnipMetric(Metric):
     """
 
     requires_stats = True
+    # |w * dL/dw| is a first-order loss change: loss units, summed over the group's parameters
+    loss_units = True
+    default_reduction = "sum"
+    default_normalizer = "none"
     summary = "sum of |w * dL/dw| over the structure's parameters (weights, bias, norm scale/shift)"
 
     def _saliency(self, item: LayerSlice, attr: str) -> torch.Tensor | None:

@@ -6,9 +6,8 @@ save (self-describing checkpoints).
 """
 
 from agfprune.core.pruning.bn_recalibration import recalibrate_batchnorm
-from agfprune.core.pruning.engine import (MetricScorer, PruneResult, StoredScorer, classifier_modules,
-                                          prune_model)
-from agfprune.core.pruning.groups import ScoreTable
+from agfprune.core.pruning.engine import MetricScorer, PruneResult, StoredScorer, prune_model
+from agfprune.core.pruning.groups import ScoreTable, classifier_modules
 from agfprune.core.pruning.options import TARGETS, PruneOptions
 from agfprune.core.pruning.record import PruneRecord
 from agfprune.core.pruning.run import PruneRequest, run_prune

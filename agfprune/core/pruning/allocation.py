@@ -1,7 +1,10 @@
 """How many channels each group loses: per-layer (the same ratio everywhere) or global.
 
-Global pruning ranks the (normalised) unit scores of all groups together and removes the lowest,
-but never more than `cap` of one group's units and never its last one, so no layer vanishes.
+Global pruning ranks the unit scores of all groups together and removes the lowest, but never more
+than `cap` of one group's units and never its last one, so no layer vanishes. Loss-unit metrics
+(AGF, Taylor, SNIP) are ranked as they are; others are first scaled per group by their normaliser.
+Cost-aware ranking divides each unit's utility by the parameters or MACs removing it frees, so
+that channels that are cheap to keep are not removed for almost nothing.
 torch-pruning's own global mode has no such per-step cap; we compute the allocation here and hand
 it to the pruner as per-layer ratios.
 """
@@ -15,9 +18,18 @@ import torch
 from agfprune.core.pruning.groups import ScoreTable
 
 
+def global_capacity(table: ScoreTable, cap: float, exclude: set[str] | None = None) -> tuple[int, int]:
+    """(units that may go under the per-layer cap, all units) over the groups ranked together."""
+    names = [name for name in table.scores if name not in (exclude or set())]
+    units = [table.groups[name].units for name in names]
+    removable = sum(max(0, min(count - 1, math.floor(count * cap + 1e-9))) for count in units)
+    return removable, sum(units)
+
+
 def global_allocation(table: ScoreTable, ratio: float, cap: float,
-                      exclude: set[str] | None = None) -> dict[str, int]:
-    """Units to remove per group so that `ratio` of all units go, lowest scores first, capped."""
+                      exclude: set[str] | None = None, cost: str | None = None) -> dict[str, int]:
+    """Units to remove per group so that `ratio` of all units go, lowest scores first, capped;
+    `cost` ("params"/"macs") ranks by score per unit of that cost instead."""
     exclude = exclude or set()
     names = [name for name in table.scores if name not in exclude]
     units = {name: table.groups[name].units for name in names}
@@ -26,7 +38,16 @@ def global_allocation(table: ScoreTable, ratio: float, cap: float,
     limits = {name: max(0, min(units[name] - 1, math.floor(units[name] * cap + 1e-9))) for name in names}
     if not names:
         return {}
-    scores = torch.cat([table.unit_scores(name) for name in names])
+    per_group = []
+    for name in names:
+        values = table.unit_scores(name).double()
+        if cost is not None:
+            unit_cost = (table.groups[name].unit_cost or {}).get(cost)
+            if not unit_cost:
+                raise ValueError(f"group {name} has no {cost} cost recorded (ScoreTable.add_costs)")
+            values = values / unit_cost
+        per_group.append(values)
+    scores = torch.cat(per_group)
     owners = torch.cat([torch.full((units[name],), index, dtype=torch.long) for index, name in enumerate(names)])
     order = torch.argsort(scores, stable=True)
     removed = {name: 0 for name in names}
@@ -50,7 +71,7 @@ def ratio_for_count(removed: int, units: int) -> float:
 
 
 def local_allocation(table: ScoreTable, ratio: float, cap: float,
-                     exclude: set[str] | None = None) -> dict[str, int]:
+                     exclude: set[str] | None = None, cost: str | None = None) -> dict[str, int]:
     """Units to remove per group when every group loses `ratio` of its units (torch-pruning's
     rounding), capped at `cap` and never the last unit."""
     removed = {}

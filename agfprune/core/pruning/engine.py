@@ -26,8 +26,8 @@ from agfprune.core.fingerprint import model_fingerprint
 from agfprune.core.models.widths import sync_width_attributes
 from agfprune.core.progress import SILENT, Progress
 from agfprune.core.pruning import vit
-from agfprune.core.pruning.allocation import global_allocation, local_allocation, ratio_for_count
-from agfprune.core.pruning.groups import ScoreTable, score_groups, table_from_named_scores
+from agfprune.core.pruning.allocation import global_allocation, global_capacity, local_allocation, ratio_for_count
+from agfprune.core.pruning.groups import ScoreTable, classifier_modules, score_groups, table_from_named_scores
 from agfprune.core.pruning.options import PruneOptions
 from agfprune.core.pruning.record import ChannelTracker, PruneRecord
 
@@ -83,27 +83,6 @@ class PruneResult:
     @property
     def cost_after(self) -> ModelCost:
         return ModelCost(self.record.params_after, self.record.macs_after)
-
-
-def classifier_modules(model: nn.Module) -> list[nn.Module]:
-    """The output layer(s): never pruned (their outputs are the classes)."""
-    found: list[nn.Module] = []
-    config = getattr(model, "pretrained_cfg", None) or {}
-    names = config.get("classifier")
-    for name in ([names] if isinstance(names, str) else list(names or [])):
-        try:
-            found.append(model.get_submodule(name))
-        except AttributeError:
-            pass
-    if hasattr(model, "get_classifier"):
-        classifier = model.get_classifier()
-        if isinstance(classifier, nn.Module) and classifier not in found:
-            found.append(classifier)
-    if not any(any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in c.modules()) for c in found):
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if linears:
-            found.append(linears[-1])
-    return found
 
 
 def ignored_modules(model: nn.Module, patterns: list[str]) -> list[nn.Module]:
@@ -216,8 +195,17 @@ def _allocation(table: ScoreTable, channel_ratio: float, options: PruneOptions) 
     if options.removes_heads:
         exclude = {name for name, info in table.groups.items() if info.channel_groups > 1
                    and any(m.endswith(".qkv") for m in info.members)}
-    allocate = global_allocation if options.global_pruning else local_allocation
-    return allocate(table, channel_ratio, options.layer_cap, exclude)
+    if not options.global_pruning:
+        return local_allocation(table, channel_ratio, options.layer_cap, exclude)
+    if options.target == "channels":
+        removable, total = global_capacity(table, options.layer_cap, exclude)
+        if total - int(total * (1.0 - channel_ratio)) > removable:
+            raise UsageError(f"--ratio {channel_ratio} --global: at most {removable} of {total} channels "
+                             f"({100 * removable / max(1, total):.1f}%) can go while every layer keeps at least "
+                             f"{100 * (1 - options.layer_cap):.0f}% of its channels (--max-layer-ratio "
+                             f"{options.layer_cap}) and one channel")
+    cost = options.target if options.cost_aware else None
+    return global_allocation(table, channel_ratio, options.layer_cap, exclude, cost)
 
 
 def _reduction(cost: ModelCost, dense: ModelCost, target: str) -> float:
@@ -304,6 +292,8 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
     tracker = ChannelTracker(pruner.DG)
     progress.log(f"scoring {loaded.arch} with {scorer.name} (step 1/{options.steps})")
     table = scorer(model, pruner, 1)
+    if options.cost_aware:
+        table.add_costs(pruner, example)
     first_table = table
     channel_ratio = options.ratio
     if options.target != "channels":
@@ -320,6 +310,8 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
                 recalibrate(model)
             progress.log(f"re-scoring with {scorer.name} (step {step}/{options.steps})")
             table = scorer(model, pruner, step)
+            if options.cost_aware:
+                table.add_costs(pruner, example)
         _prune_step(pruner, table, step, options.steps, heads, head_ratio, tracker)
         progress.log(f"step {step}/{options.steps}: {sum(p.numel() for p in model.parameters()):,} params")
     _restore_frozen(model, frozen)
@@ -343,6 +335,7 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
         macs_before=dense_cost.macs, macs_after=pruned_cost.macs,
         base_arch=loaded.arch, base_fingerprint=loaded.fingerprint or model_fingerprint(dense),
         seed=seed, calibration=dict(calibration or {}), groups=groups,
-        wall_time_s=round(time.perf_counter() - started, 3),
+        wall_time_s=round(time.perf_counter() - started, 3), normalizer=options.normalizer,
+        cost_aware=options.cost_aware,
     )
     return PruneResult(model=model, record=record)

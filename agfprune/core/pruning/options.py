@@ -30,6 +30,8 @@ class PruneOptions:
     head_ratio: float | None = None  # fraction of each attention's heads to remove; implies prune_heads
     steps: int = 1
     tolerance: float = 0.01
+    normalizer: str | None = None  # per-group score scaling; None = the metric's default
+    cost_aware: bool = False       # global ranking by utility per parameter/MAC a unit frees
 
     def validate(self) -> None:
         if not 0.0 < self.ratio < 1.0:
@@ -50,6 +52,16 @@ class PruneOptions:
                              "attention's heads to remove; at least one head is always kept)")
         if self.steps < 1:
             raise UsageError(f"--steps {self.steps}: must be at least 1")
+        if self.normalizer is not None:
+            from agfprune.core.metrics.base import NORMALIZERS
+
+            if self.normalizer not in NORMALIZERS:
+                raise UsageError(f"--normalizer {self.normalizer!r}: expected one of {', '.join(NORMALIZERS)}")
+        if self.cost_aware and self.target not in ("params", "macs"):
+            raise UsageError("--cost-aware ranks channels by utility per parameter or MAC they free: it needs "
+                             "--target params or --target macs")
+        if self.cost_aware and not self.global_pruning:
+            raise UsageError("--cost-aware changes how groups are compared with each other: it needs --global")
         if not 0.0 < self.tolerance < 0.5:
             raise UsageError(f"tolerance {self.tolerance}: must be in (0, 0.5)")
 

@@ -71,6 +71,8 @@ class PruneRecord:
     calibration: dict[str, Any] = field(default_factory=dict)
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    normalizer: str | None = None  # None: the metric's default
+    cost_aware: bool = False
 
     @property
     def params_reduction(self) -> float:

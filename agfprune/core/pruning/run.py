@@ -95,6 +95,8 @@ def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.devic
         if request.options.steps > 1:
             raise UsageError("--steps > 1 re-scores the pruned model between steps: use --metric with --data "
                              "instead of --scores")
+        if request.options.normalizer is not None:
+            raise UsageError("--normalizer applies when scoring: with --scores, pass it to `agfprune score`")
         provenance = {"scores_file": str(request.scores), **(stored.calibration or {})}
         return StoredScorer(stored.metric, stored.scores, str(request.scores)), provenance
 
@@ -130,7 +132,7 @@ def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.devic
                 progress.log(f"calibrating {name} on {request.calib_batches} batches (step {step})")
                 stats = calibrate(model, loader, device, batches=request.calib_batches,
                                   target=request.calib_target, progress=progress)
-        return get_metric(name, stats=stats, seed=request.seed)
+        return get_metric(name, stats=stats, seed=request.seed, normalizer=request.options.normalizer)
 
     return MetricScorer(name, make_importance), provenance
 
