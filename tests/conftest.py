@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +18,8 @@ import torch
 # (2 threads on a 2-core machine with one busy core trained 10x slower than 1 thread here).
 torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 SHARED_MODELS = SHARED / "models"
 SHARED_DATA = SHARED / "data"
 JPEG_VAL = SHARED_DATA / "cifar10-jpeg" / "val"
@@ -94,22 +99,65 @@ def assert_one_line_error(result: CliResult, code: int | None = None) -> None:
     assert "Traceback" not in result.stderr
 
 
-def save_random_cifar(path: Path, seed: int, num_classes: int = 10, input_size=(3, 32, 32)) -> Path:
-    """A seeded random cifar_resnet20 saved as an agfprune checkpoint (e.g. two routing experts)."""
-    from agfprune.core.checkpoint import write_checkpoint
+def random_model(seed: int = 0, arch: str = "cifar_resnet20", **timm_kwargs):
+    """A seeded randomly initialised `arch` in eval mode: the same seed gives the same weights."""
     from agfprune.core.models import create_model
-    from agfprune.core.models.factory import resolve_model_data_config
 
     torch.manual_seed(seed)
-    model = create_model("cifar_resnet20", num_classes=num_classes).eval()
-    config = dict(resolve_model_data_config(model), input_size=tuple(input_size))
-    write_checkpoint(path, model, arch="cifar_resnet20", timm_kwargs={"num_classes": num_classes},
-                     data_config=config)
+    return create_model(arch, **timm_kwargs).eval()
+
+
+def random_checkpoint(path: Path, seed: int = 0, arch: str = "cifar_resnet20", *, poison: bool = False,
+                      input_size: tuple[int, int, int] | None = None, **timm_kwargs) -> Path:
+    """Save `random_model(seed, arch, **timm_kwargs)` as an agfprune checkpoint (with the model's data
+    config; `input_size` overrides its input size, `poison` fills the stem's weights with NaN)."""
+    from agfprune.core.checkpoint import write_checkpoint
+    from agfprune.core.models.factory import resolve_model_data_config
+
+    model = random_model(seed, arch, **timm_kwargs)
+    if poison:
+        with torch.no_grad():
+            model.conv1.weight.fill_(float("nan"))
+    config = dict(resolve_model_data_config(model))
+    if input_size is not None:
+        config["input_size"] = tuple(input_size)
+    write_checkpoint(path, model, arch=arch, timm_kwargs=timm_kwargs, data_config=config)
     return path
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for child processes that tests interrupt: give SIGINT back its default disposition.
+
+    A test runner started in the background (`nohup pytest &`, `&` in a non-interactive shell) has SIGINT
+    ignored, children inherit that, and Python then installs no KeyboardInterrupt handler; with the
+    default restored before exec, the child's Python installs it as in a terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_agfprune(args: list, stderr=subprocess.DEVNULL, text: bool = False) -> subprocess.Popen:
+    """`python -m agfprune ARGS` as a child process that a test may signal (one thread, SIGINT live)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "agfprune", *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=stderr, text=text, preexec_fn=default_sigint)
+
+
+def signal_when(process: subprocess.Popen, condition, sig: signal.Signals, timeout: float = 120.0) -> None:
+    """Send `sig` to `process` once `condition()` holds; fail (and kill it) if it ends first or times out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the process ended (exit {process.returncode}) before it could be signalled")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError("timed out waiting for the process to start working")
+        time.sleep(0.01)
+    process.send_signal(sig)
 
 
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory) -> tuple[Path, Path]:
     """Two different random cifar_resnet20 checkpoints: (light, heavy)."""
     folder = tmp_path_factory.mktemp("experts")
-    return save_random_cifar(folder / "light.safetensors", 0), save_random_cifar(folder / "heavy.safetensors", 1)
+    return random_checkpoint(folder / "light.safetensors", 0), random_checkpoint(folder / "heavy.safetensors", 1)

@@ -15,11 +15,6 @@ from typing import Annotated
 
 import typer
 
-try:  # typer >= 0.17 vendors click; older releases use the click package
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - depends on the installed typer
-    import click.exceptions as click_exceptions
-
 from agfprune import __version__
 from agfprune.core.errors import EXIT_INTERRUPTED, AgfpruneError
 
@@ -41,7 +36,6 @@ SUBAPPS: list[tuple[str, str]] = [
 app = typer.Typer(
     name="agfprune",
     help="Structural pruning and hybrid routing of vision networks, guided by the AGF utility.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -59,6 +53,13 @@ def _resolve(target: str):
     return getattr(module, attr)
 
 
+def _help_without_command(ctx: typer.Context) -> None:
+    """A group called without a command prints its help and exits 0 (Typer's documented pattern)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help(), nl=False)
+        raise typer.Exit()
+
+
 for _name, _target in COMMANDS:
     _function = _resolve(_target)
     if _function is not None:
@@ -66,7 +67,8 @@ for _name, _target in COMMANDS:
 for _name, _target in SUBAPPS:
     _subapp = _resolve(_target)
     if _subapp is not None:
-        app.add_typer(_subapp, name=_name)
+        app.add_typer(_subapp, name=_name, no_args_is_help=False, invoke_without_command=True,
+                      callback=_help_without_command)
 
 
 def _version(value: bool) -> None:
@@ -75,13 +77,15 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """agfprune: calibrate, score, prune, finetune, export and route vision models."""
+    _help_without_command(ctx)
 
 
 class _Terminated(BaseException):
@@ -96,6 +100,24 @@ def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"agfprune: error: {message}\n")
     sys.stderr.flush()
     return code
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Typer's public base of its (vendored click) usage errors; click's own for typer releases that
+    still use the click package."""
+    errors: list[type[Exception]] = []
+    if hasattr(typer, "TyperException"):
+        errors.append(typer.TyperException)
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        errors.append(click.ClickException)
+    return tuple(errors)
+
+
+_USAGE_ERRORS = _usage_errors()
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -113,9 +135,7 @@ def run(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return _fail(exc.message, exc.exit_code)
-    except click_exceptions.NoArgsIsHelpError:
-        return 0  # typer has already printed the help
-    except click_exceptions.ClickException as exc:
+    except _USAGE_ERRORS as exc:
         command = exc.ctx.command_path if getattr(exc, "ctx", None) else "agfprune"
         return _fail(f"{exc.format_message()} (see `{command} --help`)", exc.exit_code)
     except (typer.Exit, SystemExit) as exc:

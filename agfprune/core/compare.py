@@ -225,15 +225,15 @@ class _Runner:
 
     def _finetune(self, model: torch.nn.Module, seed: int) -> None:
         """The same short budget for every cell: SGD + cosine, no distillation."""
-        from agfprune.core.train import LossConfig, Trainer, WarmupCosine, build_optimizer
+        from agfprune.core.train import LossConfig, Trainer, build_optimizer, warmup_cosine
 
         seed_everything(seed)
         options = LoaderOptions(batch_size=self.config.finetune_batch_size, workers=self.config.workers,
                                 limit=self.config.finetune_limit, seed=seed, shuffle=True, drop_last=True)
         loader = make_loader(self.train_set, options, self.device)
         optimizer = build_optimizer(model, "sgd", self.config.finetune_lr, 5e-4)
-        schedule = WarmupCosine(optimizer, total_steps=len(loader) * self.config.finetune_epochs,
-                                warmup_steps=min(50, len(loader) // 10))
+        schedule = warmup_cosine(optimizer, total_steps=len(loader) * self.config.finetune_epochs,
+                                 warmup_steps=min(50, len(loader) // 10))
         trainer = Trainer(model, optimizer, schedule, LossConfig(), self.device)
         step = 0
         for epoch in range(self.config.finetune_epochs):

@@ -56,19 +56,17 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, a
 
 
 def accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> Accuracy:
-    """Top-1/top-5 and loss from stored logits."""
+    """Top-1/top-5 (timm's `accuracy`; top-k = all classes when there are fewer than 5) and loss."""
+    from timm.utils import accuracy
+
     _check_labels(labels, logits.shape[1])
-    k = min(5, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices
-    correct = topk.eq(labels[:, None])
-    loss = F.cross_entropy(logits, labels).item()
     samples = len(labels)
-    return Accuracy(
-        top1=100.0 * correct[:, 0].float().sum().item() / samples,
-        top5=100.0 * correct.any(dim=1).float().sum().item() / samples,
-        loss=loss if math.isfinite(loss) else float("nan"),
-        samples=samples,
-    )
+    if samples == 0:
+        return Accuracy(top1=0.0, top5=0.0, loss=float("nan"), samples=0)
+    top1, top5 = accuracy(logits, labels, topk=(1, min(5, logits.shape[1])))
+    loss = F.cross_entropy(logits, labels).item()
+    return Accuracy(top1=top1.item(), top5=top5.item(), loss=loss if math.isfinite(loss) else float("nan"),
+                    samples=samples)
 
 
 def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,

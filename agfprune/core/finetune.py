@@ -27,24 +27,23 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from agfprune.core.atomic import atomic_path, check_writable, write_text_atomic
 from agfprune.core.checkpoint import write_checkpoint
 from agfprune.core.data import build_transform, dataset_classes, open_dataset, subsample
-from agfprune.core.device import autocast, resolve_device, seed_everything
+from agfprune.core.device import resolve_device, seed_everything
 from agfprune.core.distributed import (DistContext, all_reduce_sum, barrier, init_distributed,
                                        shard_indices, shutdown, unwrap, wrap_model)
 from agfprune.core.errors import DataError, ModelError, UsageError, first_line
-from agfprune.core.evaluate import Accuracy
+from agfprune.core.evaluate import Accuracy, accuracy_from_logits, predict_logits
 from agfprune.core.models import LoadedModel, load_model
 from agfprune.core.progress import SILENT, Progress
-from agfprune.core.train import OPTIMIZERS, LossConfig, Trainer, WarmupCosine, build_optimizer
+from agfprune.core.train import OPTIMIZERS, LossConfig, Trainer, build_optimizer, current_lr, warmup_cosine
 
 STATE_FORMAT = "agfprune-finetune-state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: timm parameter groups and schedule (version-1 optimiser state does not fit)
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 # Metadata written by write_checkpoint itself, or describing how the *source* weights were trained.
@@ -328,6 +327,9 @@ def load_state(path: Path, run_fingerprint: str, run_key: dict[str, Any]) -> dic
         raise ModelError(f"{path}: resume state belongs to another run (recorded vs now: "
                          f"{'; '.join(differences[:4]) or 'unknown'}); use the same checkpoint and options, "
                          "or start fresh without --resume")
+    if state.get("version") != STATE_VERSION:
+        raise ModelError(f"{path}: finetune state version {state.get('version')} (this agfprune resumes version "
+                         f"{STATE_VERSION}); start fresh without --resume")
     return state
 
 
@@ -338,23 +340,18 @@ def load_state(path: Path, run_fingerprint: str, run_key: dict[str, Any]) -> dic
 @torch.no_grad()
 def validate(model: torch.nn.Module, dataset: Dataset, context: DistContext, device: torch.device,
              batch_size: int, workers: int, amp: bool, progress: Progress = SILENT) -> Accuracy:
-    """Top-1/top-5/loss over the whole validation set; each rank evaluates its shard."""
-    model.eval()
+    """Top-1/top-5/loss over the whole validation set (core evaluation); each rank evaluates its shard
+    and the ranks sum correct counts, loss sums and sample counts."""
     shard = Subset(dataset, shard_indices(len(dataset), context))  # type: ignore[arg-type]
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, count
     if len(shard):
         loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
                             pin_memory=device.type == "cuda")
-        for images, labels in progress.track(loader, total=len(loader), description="validate"):
-            with autocast(device, amp):
-                logits = model(images.to(device, non_blocking=True)).float().cpu()
-            if labels.numel() and int(labels.max()) >= logits.shape[1]:
-                raise DataError(f"the data has label {int(labels.max())} but the model predicts only "
-                                f"{logits.shape[1]} classes")
-            topk = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None])
-            sums += torch.tensor([topk[:, 0].sum().item(), topk.any(dim=1).sum().item(),
-                                  F.cross_entropy(logits, labels, reduction="sum").item(), len(labels)],
-                                 dtype=torch.float64)
+        logits, labels = predict_logits(model, loader, device, amp, progress, "validate")
+        shard_accuracy = accuracy_from_logits(logits, labels)
+        count = shard_accuracy.samples
+        sums += torch.tensor([round(shard_accuracy.top1 * count / 100.0), round(shard_accuracy.top5 * count / 100.0),
+                              shard_accuracy.loss * count, count], dtype=torch.float64)
     all_reduce_sum(sums, context)
     count = max(1.0, sums[3].item())
     return Accuracy(top1=100.0 * sums[0].item() / count, top5=100.0 * sums[1].item() / count,
@@ -407,7 +404,7 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
 
     model = loaded.model
     optimizer = build_optimizer(model, config.optimizer, lr, weight_decay, config.momentum)
-    schedule = WarmupCosine(optimizer, total_steps, round(config.warmup_epochs * steps_per_epoch))
+    schedule = warmup_cosine(optimizer, total_steps, round(config.warmup_epochs * steps_per_epoch))
     loss_config = LossConfig(config.label_smoothing, config.kd_alpha if teacher else 0.0, config.kd_temperature)
     generator = torch.Generator()
 
@@ -504,7 +501,7 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
             best_top1, best_epoch = accuracy.top1, epoch + 1
         trained = steps_per_epoch * config.batch_size * context.world_size
         record = {"epoch": epoch + 1, "global_step": global_step,
-                  "train_loss": round(loss_sum / max(1, loss_count), 6), "lr": schedule.last_lr(),
+                  "train_loss": round(loss_sum / max(1, loss_count), 6), "lr": current_lr(optimizer),
                   **_accuracy_record(accuracy), "best": is_best, "seconds": round(epoch_seconds, 3),
                   "images_per_second": round(trained / max(epoch_seconds, 1e-9), 2)}
         records.append(record)

@@ -1,7 +1,8 @@
 """The reusable training step: optimiser, schedule, losses, mixed precision and a NaN guard.
 
-Nothing here knows about files or epochs; `agfprune.core.finetune` drives it. The schedule is a
-plain object with an integer state, so a resumed run continues on exactly the same learning rates.
+Nothing here knows about files or epochs; `agfprune.core.finetune` drives it. Parameter groups and
+the warm-up + cosine schedule are timm's; the schedule is set from the number of updates done, so
+a resumed run continues on exactly the same learning rates.
 """
 
 from __future__ import annotations
@@ -21,17 +22,14 @@ OPTIMIZERS = ("sgd", "adamw")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: matrices/kernels with weight decay; norms, biases and other 1-d tensors without.
+    """timm's split (`param_groups_weight_decay`): weight decay on matrices and kernels; none on norms,
+    biases, other 1-d tensors, nor on what the model names in `no_weight_decay()` (a ViT's position
+    embedding and class token). Frozen parameters (e.g. the option-A shortcut) are left out, so no
+    optimiser state is kept for them."""
+    from timm.optim import param_groups_weight_decay
 
-    Frozen parameters (e.g. the option-A shortcut) are left out, so no optimiser state is kept for them.
-    """
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=tuple(no_decay))
     return [group for group in groups if group["params"]]
 
 
@@ -52,56 +50,36 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     raise UsageError(f"--optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
-class WarmupCosine:
-    """Per-step learning rate: linear warm-up from 0 to the base rate, then cosine to `min_ratio`.
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                  min_ratio: float = 0.0) -> Any:
+    """timm's `CosineLRScheduler`, stepped once per update (`step_update(updates_done)`): a linear
+    warm-up over `warmup_steps` updates, where update k uses (k + 1) / (warmup_steps + 1) of the base
+    rate (never 0), then a cosine from the base rate down to `min_ratio` of it at `total_steps`.
 
-    State is one integer (steps taken), so `state_dict` is trivially resumable.
+    Its state is plain values (`state_dict`), so a resumed run continues on exactly the same rates.
     """
+    import logging
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                 min_ratio: float = 0.0) -> None:
-        self.optimizer = optimizer
-        self.total_steps = max(1, int(total_steps))
-        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))
-        self.min_ratio = min_ratio
-        self.base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-        for group, base in zip(optimizer.param_groups, self.base_lrs):
-            group["initial_lr"] = base
-        self.steps_taken = 0
-        self._apply()
+    from timm.scheduler import CosineLRScheduler
 
-    def factor(self, step: int) -> float:
-        """Multiplier of the base rate for the update with index `step` (0-based)."""
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    total = max(1, int(total_steps))
+    warmup = max(0, min(int(warmup_steps), total))
+    base = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    # timm warns when the cosine spans a single update; that is a legitimate (tiny) run here
+    timm_logger = logging.getLogger(CosineLRScheduler.__module__)
+    level = timm_logger.level
+    timm_logger.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), lr_min=min_ratio * base,
+                                 warmup_t=warmup, warmup_lr_init=base / (warmup + 1), warmup_prefix=True,
+                                 t_in_epochs=False)
+    finally:
+        timm_logger.setLevel(level)
 
-    def _apply(self) -> None:
-        factor = self.factor(self.steps_taken)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
 
-    def step(self) -> None:
-        self.steps_taken += 1
-        self._apply()
-
-    def last_lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps_taken": self.steps_taken, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "min_ratio": self.min_ratio,
-                "base_lrs": list(self.base_lrs)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps_taken = int(state["steps_taken"])
-        self.total_steps = int(state["total_steps"])
-        self.warmup_steps = int(state["warmup_steps"])
-        self.min_ratio = float(state["min_ratio"])
-        self.base_lrs = [float(v) for v in state["base_lrs"]]
-        self._apply()
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate the next update will use (all groups share it)."""
+    return float(optimizer.param_groups[0]["lr"])
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -142,7 +120,7 @@ def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: LossConfig
 class Trainer:
     """One optimisation step at a time, with AMP and channels_last on CUDA and a NaN/Inf guard."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: WarmupCosine,
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
                  loss_config: LossConfig, device: torch.device, teacher: nn.Module | None = None,
                  amp: bool = True, grad_clip: float | None = None) -> None:
         self.model = model
@@ -195,7 +173,7 @@ class Trainer:
             raise NumericalError(f"gradients are not finite at step {step_index}; lower --lr")
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.schedule.step()
+        self.schedule.step_update(step_index + 1)
         return value
 
 

@@ -7,25 +7,10 @@ import json
 import pytest
 import torch
 
-from tests.conftest import JPEG_TRAIN, RESNET20_JPEG, assert_one_line_error, needs_shared
+from tests.conftest import JPEG_TRAIN, RESNET20_JPEG, assert_one_line_error, needs_shared, random_checkpoint
 
 CALIB = ("--model", "cifar_resnet20", "--data", "synthetic:64", "--batches", "1", "--batch-size", "8",
          "--device", "cpu", "--quiet")
-
-
-def _checkpoint(tmp_path, name="other.safetensors", seed=1, poison=False):
-    from agfprune.core.checkpoint import write_checkpoint
-    from agfprune.core.models import create_model
-    from agfprune.core.models.cifar_resnet import CIFAR_DATA_CONFIG
-
-    torch.manual_seed(seed)
-    model = create_model("cifar_resnet20")
-    if poison:
-        with torch.no_grad():
-            model.conv1.weight.fill_(float("nan"))
-    path = tmp_path / name
-    write_checkpoint(path, model, arch="cifar_resnet20", timm_kwargs={}, data_config=CIFAR_DATA_CONFIG)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +80,8 @@ def test_agf_without_calibration_is_refused(cli, tmp_path):
 
 def test_calibration_of_other_weights_is_refused(cli, calib_file, tmp_path):
     out = tmp_path / "scores.json"
-    result = cli("score", "--calib", calib_file, "--checkpoint", _checkpoint(tmp_path), "--out", out)
+    other = random_checkpoint(tmp_path / "other.safetensors", seed=1)
+    result = cli("score", "--calib", calib_file, "--checkpoint", other, "--out", out)
     assert_one_line_error(result, 4)
     assert "fingerprint" in result.stderr and not out.exists()
 
@@ -109,7 +95,7 @@ def test_zero_batches_is_refused(cli, tmp_path):
 
 def test_nan_loss_is_a_numerical_error(cli, tmp_path):
     out = tmp_path / "calib.safetensors"
-    bad = _checkpoint(tmp_path, "nan.safetensors", poison=True)
+    bad = random_checkpoint(tmp_path / "nan.safetensors", seed=1, poison=True)
     result = cli("calibrate", "--checkpoint", bad, "--data", "synthetic:16", "--batches", "1", "--batch-size", "8",
                  "--device", "cpu", "--quiet", "--out", out)
     assert_one_line_error(result, 5)

@@ -14,14 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, signal_when, start_agfprune
 from tests.core.pruned_models import pruned_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {signal.SIGINT: (130, "agfprune: error: interrupted"),
             signal.SIGTERM: (143, "agfprune: error: terminated"),
             signal.SIGKILL: (-signal.SIGKILL, None)}
@@ -34,28 +33,14 @@ PRUNE = ["prune", "--model", "cifar_resnet20", "--metric", "agf", "--data", "syn
          "--batch-size", "32", "--ratio", "0.5", "--device", "cpu"]
 
 
-def _wait(condition, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"the process ended (exit {process.returncode}) before it could be signalled")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("timed out waiting for the process to start working")
-        time.sleep(0.02)
-
-
 def _interrupt(args: list[str], out: Path, logs: Path, sig: signal.Signals, started) -> str:
     """Run `agfprune ARGS --out OUT`, send `sig` once `started(stderr_text)` holds; check the exit
     code and that there is no traceback; return stderr (see `_check_message`)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     log = logs / "stderr.txt"
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "agfprune", *args, "--out", str(out)], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = start_agfprune([*args, "--out", out], stderr=stderr)
         try:
-            _wait(lambda: started(log.read_text()), process)
-            process.send_signal(sig)
+            signal_when(process, lambda: started(log.read_text()), sig, timeout=60)
             process.wait(timeout=30)
         finally:
             if process.poll() is None:

@@ -9,25 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import JPEG_TRAIN, JPEG_VAL, RESNET56_JPEG, assert_one_line_error, needs_shared
+from tests.conftest import (JPEG_TRAIN, JPEG_VAL, RESNET56_JPEG, assert_one_line_error, needs_shared,
+                            random_checkpoint)
 
 SYNTH = ("--data", "synthetic:64", "--calib-batches", "1", "--batch-size", "8", "--device", "cpu", "--quiet")
 
 
-def _dense_checkpoint(path: Path, arch: str = "cifar_resnet20", seed: int = 1) -> Path:
-    from agfprune.core.checkpoint import write_checkpoint
-    from agfprune.core.models import create_model
-    from agfprune.core.models.cifar_resnet import CIFAR_DATA_CONFIG
-
-    torch.manual_seed(seed)
-    model = create_model(arch)
-    write_checkpoint(path, model, arch=arch, timm_kwargs={}, data_config=CIFAR_DATA_CONFIG)
-    return path
-
-
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory) -> Path:
-    return _dense_checkpoint(tmp_path_factory.mktemp("dense") / "dense.safetensors")
+    return random_checkpoint(tmp_path_factory.mktemp("dense") / "dense.safetensors", seed=1)
 
 
 def test_prune_writes_a_checkpoint_that_eval_and_info_rebuild(cli, dense: Path, tmp_path: Path) -> None:
@@ -59,7 +49,7 @@ def test_prune_writes_a_checkpoint_that_eval_and_info_rebuild(cli, dense: Path, 
 
 def test_prune_with_a_scores_file_and_refusal_of_another_models_scores(cli, dense: Path, tmp_path: Path) -> None:
     own, other = tmp_path / "own.json", tmp_path / "other.json"
-    other_checkpoint = _dense_checkpoint(tmp_path / "r32.safetensors", "cifar_resnet32")
+    other_checkpoint = random_checkpoint(tmp_path / "r32.safetensors", seed=1, arch="cifar_resnet32")
     for checkpoint, path in ((dense, own), (other_checkpoint, other)):
         scored = cli("score", "--checkpoint", checkpoint, "--metric", "magnitude-l2", "--out", path, "--json")
         assert scored.exit_code == 0, scored.stderr

@@ -23,25 +23,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, random_checkpoint
 
 USAGE, DATA, MODEL, NUMERICAL, OUTPUT = 2, 3, 4, 5, 6
 FUZZ = settings(max_examples=20, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-def _write_model(path: Path, arch: str = "cifar_resnet20", seed: int = 1, poison: bool = False) -> Path:
-    from agfprune.core.checkpoint import write_checkpoint
-    from agfprune.core.models import create_model
-    from agfprune.core.models.cifar_resnet import CIFAR_DATA_CONFIG
-
-    torch.manual_seed(seed)
-    model = create_model(arch)
-    if poison:
-        with torch.no_grad():
-            model.conv1.weight.fill_(float("nan"))
-    write_checkpoint(path, model, arch=arch, timm_kwargs={}, data_config=CIFAR_DATA_CONFIG)
-    return path
 
 
 def _run_ok(*args: object) -> None:
@@ -59,10 +45,10 @@ def art(tmp_path_factory) -> dict[str, Path]:
         "dense": "dense.safetensors", "other": "other.safetensors", "r32": "r32.safetensors",
         "nan": "nan.safetensors", "calib": "calib.safetensors", "scores": "scores.json",
         "pruned": "pruned.safetensors", "router": "router.yaml"}.items()}
-    _write_model(paths["dense"])
-    _write_model(paths["other"], seed=2)
-    _write_model(paths["r32"], arch="cifar_resnet32")
-    _write_model(paths["nan"], poison=True)
+    random_checkpoint(paths["dense"], seed=1)
+    random_checkpoint(paths["other"], seed=2)
+    random_checkpoint(paths["r32"], seed=1, arch="cifar_resnet32")
+    random_checkpoint(paths["nan"], seed=1, poison=True)
     _run_ok("calibrate", "--checkpoint", paths["dense"], "--data", "synthetic:64", "--batches", "1",
             "--batch-size", "8", "--device", "cpu", "--out", paths["calib"])
     _run_ok("score", "--calib", paths["calib"], "--checkpoint", paths["dense"], "--metric", "agf",

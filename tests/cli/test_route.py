@@ -10,7 +10,7 @@ import torch
 
 from agfprune.core.models import create_model
 from tests.conftest import (JPEG_VAL, RESNET20_JPEG, RESNET56_JPEG, assert_one_line_error, needs_shared,
-                            save_random_cifar)
+                            random_checkpoint)
 
 
 
@@ -116,7 +116,7 @@ def test_calibrate_usage_errors(cli, experts, tmp_path, extra, code):
 @pytest.mark.parametrize("kwargs, message", [({"num_classes": 5}, "class counts"),
                                              ({"input_size": (3, 40, 40)}, "input sizes")])
 def test_incompatible_experts(cli, experts, tmp_path, kwargs, message):
-    other = save_random_cifar(tmp_path / "other.safetensors", 5, **kwargs)
+    other = random_checkpoint(tmp_path / "other.safetensors", 5, **kwargs)
     result = _calibrate(cli, (experts[0], other), tmp_path / "router.yaml", "--match-heavy")
     assert_one_line_error(result, 4)
     assert message in result.stderr
@@ -126,7 +126,7 @@ def test_incompatible_experts(cli, experts, tmp_path, kwargs, message):
 def test_fingerprint_mismatch_on_eval_and_export(cli, experts, tmp_path):
     router = tmp_path / "router.yaml"
     assert _calibrate(cli, experts, router, "--match-heavy").exit_code == 0
-    impostor = save_random_cifar(tmp_path / "impostor.safetensors", 9)
+    impostor = random_checkpoint(tmp_path / "impostor.safetensors", 9)
     result = cli("route", "eval", "-r", router, "--data", DATA, "--heavy", impostor, "--device", "cpu")
     assert_one_line_error(result, 4)
     assert "fingerprint" in result.stderr and "heavy expert" in result.stderr

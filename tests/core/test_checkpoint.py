@@ -12,16 +12,12 @@ import torch.nn as nn
 from agfprune.core.checkpoint import read_checkpoint, structure_diff, write_checkpoint
 from agfprune.core.errors import ModelError
 from agfprune.core.models import create_model, load_model
-
-
-def _save_dense(path: Path, arch: str = "cifar_resnet20", **kwargs) -> nn.Module:
-    model = create_model(arch, **kwargs).eval()
-    write_checkpoint(path, model, arch=arch, timm_kwargs=kwargs, data_config={"input_size": [3, 32, 32]})
-    return model
+from tests.conftest import random_checkpoint, random_model
 
 
 def test_round_trip_gives_equal_outputs(tmp_path: Path) -> None:
-    model = _save_dense(tmp_path / "m.safetensors")
+    model = random_model(seed=0)
+    random_checkpoint(tmp_path / "m.safetensors", seed=0)
     loaded = load_model(checkpoint=tmp_path / "m.safetensors")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), loaded.model(x))
@@ -56,7 +52,7 @@ def test_structure_is_rebuilt_from_metadata(tmp_path: Path) -> None:
 
 def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
-    _save_dense(path)
+    random_checkpoint(path)
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -66,7 +62,7 @@ def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
 
 def test_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
-    _save_dense(path)
+    random_checkpoint(path)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ModelError, match="not a readable safetensors"):
         read_checkpoint(path)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +14,8 @@ from agfprune.core.checkpoint import read_checkpoint
 from agfprune.core.errors import DataError, ModelError, OutputError
 from agfprune.core.finetune import FinetuneConfig, finetune, output_paths
 from agfprune.core.models import load_model
+from tests.conftest import signal_when, start_agfprune
 from tests.core.pruned_models import pruned_checkpoint
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +90,18 @@ def test_bad_inputs_fail_before_writing(pruned, tmp_path):
         finetune(_config(pruned, blocker / "ft.safetensors"))
 
 
-def test_distillation_from_dense_teacher(pruned, tmp_path):
-    teacher = pruned_checkpoint(tmp_path / "teacher.safetensors", ratio=0.0, input_px=16)
-    result = finetune(_config(pruned, tmp_path / "kd.safetensors", epochs=1, teacher=str(teacher),
-                              kd_alpha=0.7, optimizer="adamw", lr=1e-3, eval_initial=False))
-    assert result.epochs[0]["train_loss"] > 0
-    assert read_checkpoint(result.outputs.best).metadata["finetune"]["kd_alpha"] == 0.7
+def test_distillation_learns_from_the_teacher_it_is_given(pruned, tmp_path):
+    """Two different dense teachers, everything else equal: the student ends with different weights
+    (a run that ignored its teacher would give the same weights twice)."""
+    weights = []
+    for seed in (0, 1):
+        teacher = pruned_checkpoint(tmp_path / f"teacher{seed}.safetensors", ratio=0.0, input_px=16, seed=seed)
+        result = finetune(_config(pruned, tmp_path / f"kd{seed}.safetensors", epochs=1, teacher=str(teacher),
+                                  kd_alpha=0.7, optimizer="adamw", lr=1e-3, eval_initial=False, save_every=0))
+        assert result.epochs[0]["train_loss"] > 0
+        assert read_checkpoint(result.outputs.best).metadata["finetune"]["kd_alpha"] == 0.7
+        weights.append(_weights(result.outputs.last))
+    assert any(not torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -112,15 +114,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny, tmp_path)
             "--batch-size", "16", "--lr", "0.05", "--device", "cpu", "--save-every", "3", "--quiet",
             "--no-eval-initial", "--seed", "3"]
     reference = tmp_path / "ref" / "ft.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     killed_out = tmp_path / "run" / "ft.safetensors"
     state = killed_out.with_name("ft.state.pt")
-    process = subprocess.Popen([sys.executable, "-m", "agfprune", *args, "--out", str(killed_out)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not state.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    process = start_agfprune([*args, "--out", killed_out], stderr=subprocess.PIPE)
+    signal_when(process, state.exists, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
     saved = torch.load(state, weights_only=True)
@@ -145,16 +142,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny, tmp_path)
 @pytest.mark.slow
 def test_sigint_exits_130_and_leaves_no_partial_files(tiny, tmp_path):
     out = tmp_path / "run" / "ft.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agfprune", "finetune", str(tiny), "--data", "synthetic:320", "--val", "synthetic:16",
-         "--epochs", "3", "--batch-size", "16", "--device", "cpu", "--save-every", "1", "--quiet",
-         "--no-eval-initial", "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    process = start_agfprune(["finetune", tiny, "--data", "synthetic:320", "--val", "synthetic:16", "--epochs", "3",
+                              "--batch-size", "16", "--device", "cpu", "--save-every", "1", "--quiet",
+                              "--no-eval-initial", "--out", out], stderr=subprocess.PIPE, text=True)
     state = out.with_name("ft.state.pt")
-    while not state.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
+    signal_when(process, state.exists, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr

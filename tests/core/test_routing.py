@@ -18,7 +18,7 @@ from agfprune.core.routing.cascade import script_cascade
 from agfprune.core.routing.cost import routing_cost
 from agfprune.core.routing.experts import check_compatible
 from agfprune.core.routing.router_file import ExpertRecord, RouterSpec, read_router, write_router
-from tests.conftest import save_random_cifar
+from tests.conftest import random_checkpoint
 
 
 
@@ -188,7 +188,7 @@ def test_fingerprint_mismatch_is_explained(tmp_path, experts):
     light = tmp_path / "light.safetensors"
     light.write_bytes(experts[0].read_bytes())
     write_router(tmp_path / "router.yaml", _spec(light, experts[1]))
-    save_random_cifar(light, 42)  # retrained in place: same path, new weights
+    random_checkpoint(light, 42)  # retrained in place: same path, new weights
     with pytest.raises(ModelError, match="light expert .* fingerprint .* re-run `agfprune route calibrate`"):
         load_router(tmp_path / "router.yaml")
 
@@ -206,9 +206,9 @@ def test_bad_router_files(tmp_path, text, message):
 
 
 def test_experts_must_agree_on_classes_and_input_size(tmp_path):
-    base = load_model(checkpoint=save_random_cifar(tmp_path / "a.safetensors", 0))
-    other_classes = load_model(checkpoint=save_random_cifar(tmp_path / "b.safetensors", 1, num_classes=5))
-    other_size = load_model(checkpoint=save_random_cifar(tmp_path / "c.safetensors", 2, input_size=(3, 40, 40)))
+    base = load_model(checkpoint=random_checkpoint(tmp_path / "a.safetensors", 0))
+    other_classes = load_model(checkpoint=random_checkpoint(tmp_path / "b.safetensors", 1, num_classes=5))
+    other_size = load_model(checkpoint=random_checkpoint(tmp_path / "c.safetensors", 2, input_size=(3, 40, 40)))
     with pytest.raises(ModelError, match="different class counts"):
         check_compatible(base, other_classes)
     with pytest.raises(ModelError, match="different input sizes"):
