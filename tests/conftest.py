@@ -37,6 +37,16 @@ def needs_shared(*paths: Path):
     return pytest.mark.skipif(bool(missing), reason=f"missing {', '.join(missing)}")
 
 
+def default_sigint() -> None:
+    """`preexec_fn` for child processes that tests interrupt: give SIGINT back its default disposition.
+
+    A test runner started in the background (`nohup pytest &`, `&` in a non-interactive shell) has SIGINT
+    ignored, children inherit that, and Python then installs no KeyboardInterrupt handler; with the
+    default restored before exec, the child's Python installs it as in a terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class CliResult:
     exit_code: int
@@ -123,16 +133,6 @@ def random_checkpoint(path: Path, seed: int = 0, arch: str = "cifar_resnet20", *
         config["input_size"] = tuple(input_size)
     write_checkpoint(path, model, arch=arch, timm_kwargs=timm_kwargs, data_config=config)
     return path
-
-
-def default_sigint() -> None:
-    """`preexec_fn` for child processes that tests interrupt: give SIGINT back its default disposition.
-
-    A test runner started in the background (`nohup pytest &`, `&` in a non-interactive shell) has SIGINT
-    ignored, children inherit that, and Python then installs no KeyboardInterrupt handler; with the
-    default restored before exec, the child's Python installs it as in a terminal.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_agfprune(args: list, stderr=subprocess.DEVNULL, text: bool = False) -> subprocess.Popen:

@@ -186,3 +186,18 @@ def test_trainer_distils_from_the_teacher_it_is_given():
         assert trainer.step(images, labels, step_index=0) == pytest.approx(expected, rel=1e-5)
         weights.append(model[1].weight.detach().clone())
     assert not torch.allclose(weights[0], weights[1])
+
+
+def test_trainer_steps_the_schedule_once_per_update():
+    """Update k is taken at the schedule's rate for k, so warm-up starts learning at the first step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    optimizer = build_optimizer(model, "sgd", 0.3, 0.0)
+    trainer = Trainer(model, optimizer, warmup_cosine(optimizer, total_steps=6, warmup_steps=2), LossConfig(),
+                      torch.device("cpu"))
+    expected = [0.3 * (k + 1) / 3 if k < 2 else 0.3 * 0.5 * (1 + math.cos(math.pi * (k - 2) / 4)) for k in range(6)]
+    used = []
+    for step in range(6):
+        used.append(current_lr(optimizer))
+        trainer.step(torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 0]), step_index=step)
+    assert used == pytest.approx(expected, abs=1e-12)
