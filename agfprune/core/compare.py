@@ -64,12 +64,14 @@ class CompareConfig:
     workers: int = 0
     allocations: list[str] = field(default_factory=lambda: ["local"])
     normalizer: str | None = None
+    prune_heads: bool = False
 
     def prune_options(self, ratio: float, allocation: str) -> Any:
         from agfprune.core.pruning import PruneOptions
 
         return PruneOptions(ratio=ratio, target=self.target, global_pruning=allocation != "local",
-                            cost_aware=allocation == "global-cost", normalizer=self.normalizer)
+                            cost_aware=allocation == "global-cost", normalizer=self.normalizer,
+                            prune_heads=self.prune_heads)
 
     def validate(self) -> None:
         from agfprune.core.metrics import metric_class
@@ -109,7 +111,8 @@ class CompareConfig:
     def cell_settings(self) -> dict[str, Any]:
         """The settings a cell's result depends on (besides metric, ratio and seed)."""
         keys = ("calib_data", "eval_data", "target", "calib_batches", "calib_batch_size", "bn_batches",
-                "eval_limit", "finetune_epochs", "finetune_limit", "finetune_lr", "finetune_batch_size", "normalizer")
+                "eval_limit", "finetune_epochs", "finetune_limit", "finetune_lr", "finetune_batch_size", "normalizer",
+                "prune_heads")
         return {key: getattr(self, key) for key in keys}
 
 

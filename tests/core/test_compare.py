@@ -106,3 +106,17 @@ def test_cost_aware_allocation_needs_a_params_or_macs_target(tmp_path: Path) -> 
         _config(tmp_path, allocations=["global-cost"]).validate()
     with pytest.raises(UsageError, match="--allocation"):
         _config(tmp_path, allocations=["globl"]).validate()
+
+
+def test_prune_heads_removes_whole_heads_in_every_cell(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    vit = load_model("vit_tiny_patch16_224", timm_kwargs=dict(img_size=32, patch_size=8, embed_dim=64, depth=2,
+                                                              num_heads=4, num_classes=10))
+    results = run_compare(vit, _config(tmp_path, metrics=["agf"], allocations=["local", "global"], seeds=1,
+                                       finetune_epochs=0, prune_heads=True, bn_batches=0), resolve_device("cpu"))
+    assert len(results["cells"]) == 2
+    for cell in json.loads((tmp_path / "results.json").read_text())["cells"]:
+        assert cell["params"] < results["dense"]["params"]
+    assert results["settings"]["prune_heads"] is True

@@ -29,6 +29,9 @@ def compare_command(
     normalizer: Annotated[Optional[str], typer.Option(
         "--normalizer", help="Per-group score scaling for every metric [default: each metric's own: none for "
                              "agf/taylor/snip/random, mean otherwise].", show_default=False)] = None,
+    prune_heads: Annotated[bool, typer.Option(
+        "--prune-heads", help="ViTs: remove whole attention heads (the ratio of each attention's heads) instead "
+                              "of head dimensions; MLP neurons and the embedding follow --allocation.")] = False,
     calib_batches: Annotated[int, typer.Option("--calib-batches", help="Calibration batches per seed.")] = 16,
     calib_batch_size: Annotated[int, typer.Option("--calib-batch-size", help="Images per calibration batch.")] = 64,
     bn_batches: Annotated[int, typer.Option("--bn-batches", help="BN recalibration batches after pruning (0: off).")] = 16,
@@ -66,7 +69,8 @@ def compare_command(
         target=target, calib_batches=calib_batches, calib_batch_size=calib_batch_size, bn_batches=bn_batches,
         eval_limit=eval_limit, eval_batch_size=batch_size, finetune_epochs=finetune_epochs,
         finetune_limit=finetune_limit, finetune_lr=finetune_lr, finetune_batch_size=64, workers=workers,
-        allocations=[a.strip() for a in allocation.split(",") if a.strip()], normalizer=normalizer)
+        allocations=[a.strip() for a in allocation.split(",") if a.strip()], normalizer=normalizer,
+        prune_heads=prune_heads)
     compare_config.validate()
     check_writable(Path(out) / "results.json")  # before the model is loaded
     loaded = load_model_from_options(model, checkpoint, False, torch_device)
