@@ -162,3 +162,69 @@ def test_missing_required_options(cli, args):
     result = cli(*args)
     assert_one_line_error(result, 2)
     assert "missing option" in result.stderr
+
+
+def test_calibrate_warns_when_the_cascade_costs_more_than_heavy(cli, experts, tmp_path):
+    # both experts are resnet20s: any heavy call makes the cascade dearer than heavy alone
+    result = cli("route", "calibrate", "--light", experts[0], "--heavy", experts[1], "--data", DATA, "--out",
+                 tmp_path / "r.yaml", "--device", "cpu", "--batch-size", "32", "--threshold", "1.01", "--json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["heavy_fraction"] == 1.0 and document["cascade_vs_heavy"] > 1
+    assert len(document["warnings"]) == 1 and "routing does not pay" in document["warnings"][0]
+    assert "warning: the cascade costs 2.000x the heavy expert" in result.stderr
+    never = _calibrate(cli, experts, tmp_path / "r0.yaml", "--threshold", "0", "--json")
+    assert json.loads(never.stdout)["warnings"] == []  # heavy never called: cascade == light <= heavy
+
+
+def test_dynamic_signal_end_to_end_and_not_exportable(cli, experts, tmp_path):
+    router = tmp_path / "router.yaml"
+    result = _calibrate(cli, experts, router, "--signal", "input-grad", "--max-heavy-fraction", "0.5", "--json")
+    assert result.exit_code == 0, result.stderr
+    calibration = json.loads(result.stdout)
+    assert calibration["signal_extra_macs"] > 0 and calibration["heavy_fraction"] <= 0.5
+    result = cli("route", "eval", "--router", router, "--data", DATA, "--device", "cpu", "--batch-size", "16",
+                 "--latency-batches", "1", "--latency-repeats", "1", "--bootstrap", "200", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["latency"]["cascade_matches_router"] == pytest.approx(1.0)
+    assert report["macs"]["light"] == pytest.approx(report["macs"]["light_forward"] + report["macs"]["signal_extra"])
+    assert [row["signal"] for row in report["signals"]] == ["confidence", "entropy", "margin", "input-grad"]
+    for row in report["signals"]:
+        assert row["error_auroc"] is None or 0 <= row["error_auroc"] <= 1
+        assert 0 <= row["match_heavy_fraction"] <= 1 and row["match_heavy_top1"] >= report["heavy_top1"] - 1e-6
+    low, high = report["bootstrap"]["heavy_fraction"]
+    assert low <= report["heavy_fraction"] <= high
+    result = cli("route", "export", "--router", router, "--out", tmp_path / "cascade.pt")
+    assert_one_line_error(result, 2)
+    assert "input gradients" in result.stderr and "zero-cost signal" in result.stderr
+    assert not (tmp_path / "cascade.pt").exists()
+
+
+def test_eval_signal_table_choice_and_bad_names(cli, experts, tmp_path):
+    router = tmp_path / "router.yaml"
+    assert _calibrate(cli, experts, router, "--match-heavy").exit_code == 0
+    result = cli("route", "eval", "-r", router, "--data", DATA, "--device", "cpu", "--latency-batches", "0",
+                 "--signals", "margin", "--bootstrap", "0", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert "error AUROC" in result.stdout and "interval" not in result.stdout
+    for bad in (("--signals", "margin,certainty"), ("--bootstrap", "-1")):
+        assert_one_line_error(cli("route", "eval", "-r", router, "--data", DATA, *bad), 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"num_classes": 5}, "class counts"),
+                                             ({"input_size": (3, 40, 40)}, "input sizes")])
+def test_eval_refuses_router_whose_experts_disagree(cli, experts, tmp_path, kwargs, message):
+    import yaml
+
+    router = tmp_path / "router.yaml"
+    assert _calibrate(cli, experts, router, "--match-heavy").exit_code == 0
+    other = save_random_cifar(tmp_path / "other.safetensors", 5, **kwargs)
+    document = yaml.safe_load(router.read_text())
+    document["heavy"].update(checkpoint=str(other), num_classes=kwargs.get("num_classes", 10),
+                             input_size=list(kwargs.get("input_size", (3, 32, 32))))
+    router.write_text(yaml.safe_dump(document))
+    for args in (("eval", "-r", router, "--data", DATA), ("export", "-r", router, "-o", tmp_path / "c.pt")):
+        result = cli("route", *args)
+        assert_one_line_error(result, 4)
+        assert message in result.stderr

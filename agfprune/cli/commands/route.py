@@ -61,7 +61,8 @@ def calibrate_command(
     data: o.DataOpt = None,
     signal: Annotated[str, typer.Option(
         "--signal", help="Light expert's confidence: confidence (top-1 prob), margin (top-1 − top-2 prob), "
-                         "entropy (negative entropy).")] = "confidence",
+                         "entropy (negative entropy); or the dynamic input-grad (minus the norm of the input "
+                         "gradient of its own top-1 loss: one extra backward pass, not exportable).")] = "confidence",
     match_heavy: Annotated[bool, typer.Option(
         "--match-heavy", help="Objective: fewest heavy calls with accuracy within --tolerance of the heavy model.")] = False,
     tolerance: Annotated[Optional[float], typer.Option(
@@ -88,11 +89,11 @@ def calibrate_command(
     from agfprune.core.device import resolve_device, seed_everything
     from agfprune.core.routing.calibrate import calibrate_router
     from agfprune.core.routing.experts import ExpertSource
-    from agfprune.core.routing.signals import get_signal
+    from agfprune.core.routing.signals import check_signal
 
     for value, name in ((light, "--light"), (heavy, "--heavy"), (data, "--data"), (out, "--out")):
         o.require(value, name)
-    get_signal(signal)
+    check_signal(signal)
     objective = _objective(match_heavy, tolerance, max_heavy_fraction, threshold)
     objective.validate()
     torch_device = resolve_device(device)
@@ -103,7 +104,8 @@ def calibrate_command(
         options=LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed),
         device=torch_device, progress=RichProgress(quiet))
     document = {"router": str(out), "signal": signal, "threshold": result.spec.threshold,
-                "objective": result.spec.objective["description"], **result.spec.calibration}
+                "objective": result.spec.objective["description"], **result.spec.calibration,
+                "warnings": result.warnings}
     if json_output:
         print_json(document)
     else:
@@ -125,6 +127,11 @@ def eval_command(
     latency_batches: Annotated[int, typer.Option(
         "--latency-batches", help="Real batches timed for light, heavy and cascade latency; 0 skips timing.")] = 4,
     latency_repeats: Annotated[int, typer.Option("--latency-repeats", help="Timed passes (median reported).")] = 5,
+    signals: Annotated[str, typer.Option(
+        "--signals", help="Comma-separated signals for the signal table (error AUROC, heavy fraction to match "
+                          "heavy), 'all' or 'none'. Dynamic ones cost a backward pass of the light expert.")] = "all",
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", help="Bootstrap resamples for the 95% intervals of router top-1 and heavy fraction; 0: none.")] = 1000,
     batch_size: o.BatchSizeOpt = 128,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
@@ -140,8 +147,12 @@ def eval_command(
     from agfprune.core.device import resolve_device, seed_everything
     from agfprune.core.routing.report import evaluate_router
 
+    from agfprune.core.routing.signals import check_signal
+
     o.require(router, "--router")
     o.require(data, "--data")
+    names = None if signals == "all" else [] if signals == "none" else [
+        check_signal(name.strip()) for name in signals.split(",") if name.strip()]
     torch_device = resolve_device(device)
     seed_everything(seed)
     report = evaluate_router(
@@ -149,7 +160,7 @@ def eval_command(
         options=LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed),
         device=torch_device, light=light, heavy=heavy, draws=random_draws, seed=seed,
         latency_batches=latency_batches, latency_repeats=latency_repeats, plot=plot, sweep_json=sweep,
-        progress=RichProgress(quiet))
+        signals=names, bootstrap=bootstrap, progress=RichProgress(quiet))
     document = report.as_dict()
     if json_output:
         print_json(document)
@@ -157,11 +168,22 @@ def eval_command(
     summary = {k: document[k] for k in ("data", "split_half", "held_out", "samples", "signal", "threshold",
                                         "light_top1", "heavy_top1", "router_top1", "random_top1",
                                         "heavy_calls", "heavy_fraction")}
+    if report.bootstrap:
+        level = f"{100 * report.bootstrap['level']:g}%"
+        for key in ("router_top1", "heavy_fraction", "router_minus_heavy"):
+            low, high = report.bootstrap[key]
+            summary[f"{key} {level} interval"] = f"[{low:.4g}, {high:.4g}]"
     stdout.print(key_value_table("route eval", summary))
+    if report.signals:
+        stdout.print(table("signals on these images (AUROC of low signal for light errors; fewest heavy calls "
+                           "reaching heavy top-1 here, threshold fitted on these same images)",
+                           ["signal", "error AUROC", "heavy fraction to match heavy", "extra MACs/image"],
+                           [(q["signal"], "-" if q["error_auroc"] is None else q["error_auroc"],
+                             q["match_heavy_fraction"], q["extra_macs"]) for q in report.signals]))
     macs, lat = report.macs, report.latency or {}
     ms = (lambda key: lat.get(key, "-")) if lat else (lambda key: "-")
     rows = [
-        ("light (C_light)", macs["light"], ms("light_ms")),
+        ("light + signal (C_light)", macs["light"], ms("light_ms")),
         ("heavy (C_heavy)", macs["heavy"], ms("heavy_ms")),
         ("cascade = C_light + f·C_heavy (honest)", round(macs["cascade"]), ms("cascade_ms_formula")),
         ("cascade / heavy", macs["cascade_vs_heavy"],

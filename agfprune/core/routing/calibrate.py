@@ -8,7 +8,8 @@ an objective then picks one of them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,13 +91,18 @@ def _mark_pareto(points: list[SweepPoint]) -> None:
         best = max(best, point.top1)
 
 
+def _signal_scores(signal: str, light_logits: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
+    return (compute_signal(signal, light_logits) if scores is None else scores).float().cpu()
+
+
 def threshold_sweep(light_logits: torch.Tensor, heavy_logits: torch.Tensor, labels: torch.Tensor,
-                    signal: str) -> Sweep:
-    """Every distinct operating point, computed in O(N log N) from cumulative correctness."""
+                    signal: str, scores: torch.Tensor | None = None) -> Sweep:
+    """Every distinct operating point, computed in O(N log N) from cumulative correctness.
+    `scores`: the signal's values when they do not come from the logits (dynamic signals)."""
     samples = len(labels)
     if samples == 0:
         raise UsageError("cannot calibrate a router on an empty data set")
-    scores = compute_signal(signal, light_logits).float().cpu()
+    scores = _signal_scores(signal, light_logits, scores)
     order = torch.argsort(scores, stable=True)
     sorted_scores = scores[order]
     light_correct = _correct(light_logits, labels)[order].long()
@@ -121,9 +127,9 @@ def threshold_sweep(light_logits: torch.Tensor, heavy_logits: torch.Tensor, labe
 
 
 def point_at_threshold(light_logits: torch.Tensor, heavy_logits: torch.Tensor, labels: torch.Tensor,
-                       signal: str, threshold: float) -> SweepPoint:
+                       signal: str, threshold: float, scores: torch.Tensor | None = None) -> SweepPoint:
     """The operating point of a given threshold on a data set."""
-    to_heavy = heavy_mask(compute_signal(signal, light_logits).cpu(), threshold)
+    to_heavy = heavy_mask(_signal_scores(signal, light_logits, scores), threshold)
     predictions = torch.where(to_heavy, heavy_logits.argmax(dim=1), light_logits.argmax(dim=1))
     samples = len(labels)
     calls = int(to_heavy.sum())
@@ -132,7 +138,8 @@ def point_at_threshold(light_logits: torch.Tensor, heavy_logits: torch.Tensor, l
 
 
 def select_point(sweep: Sweep, objective: Objective, light_logits: torch.Tensor | None = None,
-                 heavy_logits: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> SweepPoint:
+                 heavy_logits: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 scores: torch.Tensor | None = None) -> SweepPoint:
     """The operating point that meets `objective` on the sweep's data."""
     objective.validate()
     if objective.kind == "match-heavy":
@@ -144,7 +151,7 @@ def select_point(sweep: Sweep, objective: Objective, light_logits: torch.Tensor 
         return max(allowed, key=lambda p: (p.top1, -p.heavy_calls))
     if light_logits is None or heavy_logits is None or labels is None:
         raise UsageError("a fixed --threshold needs the calibration logits to report its accuracy")
-    return point_at_threshold(light_logits, heavy_logits, labels, sweep.signal, objective.value)
+    return point_at_threshold(light_logits, heavy_logits, labels, sweep.signal, objective.value, scores)
 
 
 @dataclass
@@ -154,11 +161,10 @@ class CalibrationResult:
     spec: Any  # RouterSpec (typed loosely to keep this module free of file-format imports)
     sweep: Sweep
     point: SweepPoint
+    warnings: list[str] = field(default_factory=list)
 
 
 def _data_label(data: Any) -> str:
-    from pathlib import Path
-
     text = str(data)
     return text if text.startswith("synthetic:") else str(Path(text).resolve())
 
@@ -178,11 +184,11 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
     from agfprune.core.routing.cost import routing_cost
     from agfprune.core.routing.experts import collect_logits, load_experts, routing_loader
     from agfprune.core.routing.router_file import ExpertRecord, RouterSpec, write_router
-    from agfprune.core.routing.signals import get_signal
+    from agfprune.core.routing.signals import check_signal, extra_macs, is_dynamic
 
     progress = progress or SILENT
     options = options or LoaderOptions()
-    get_signal(signal)
+    check_signal(signal)
     objective.validate()
     check_split_half(half)
     check_writable(out)
@@ -190,15 +196,20 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
     pair = load_experts(light, heavy, device)
     loader = routing_loader(data, half, split_seed, pair.data_config, options, device)
     progress.log(f"calibrating on {len(loader.dataset)} images ({half} half of {data}, split seed {split_seed})")
-    light_logits, heavy_logits, labels = collect_logits(pair, loader, device, progress)
-    sweep = threshold_sweep(light_logits, heavy_logits, labels, signal)
-    point = select_point(sweep, objective, light_logits, heavy_logits, labels)
+    logits = collect_logits(pair, loader, device, progress, dynamic=(signal,) if is_dynamic(signal) else ())
+    scores = logits.scores(signal)
+    sweep = threshold_sweep(logits.light, logits.heavy, logits.labels, signal, scores)
+    point = select_point(sweep, objective, logits.light, logits.heavy, logits.labels, scores)
     costs = {role: count_cost(expert.model, pair.input_size, device)
              for role, expert in (("light", pair.light), ("heavy", pair.heavy))}
-    macs = routing_cost("MACs/image", costs["light"].macs, costs["heavy"].macs, point.heavy_fraction)
+    signal_macs = extra_macs(signal, costs["light"].macs)
+    macs = routing_cost("MACs/image", costs["light"].macs + signal_macs, costs["heavy"].macs, point.heavy_fraction)
+    router_dir = Path(out).resolve().parent
     spec = RouterSpec(
-        light=ExpertRecord.from_loaded(pair.light, light.model, costs["light"].params, costs["light"].macs),
-        heavy=ExpertRecord.from_loaded(pair.heavy, heavy.model, costs["heavy"].params, costs["heavy"].macs),
+        light=ExpertRecord.from_loaded(pair.light, light.model, costs["light"].params, costs["light"].macs,
+                                       router_dir),
+        heavy=ExpertRecord.from_loaded(pair.heavy, heavy.model, costs["heavy"].params, costs["heavy"].macs,
+                                       router_dir),
         signal=signal,
         threshold=point.threshold,
         objective=objective.as_dict(),
@@ -208,10 +219,19 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
             "light_top1": round(sweep.light_top1, 4), "heavy_top1": round(sweep.heavy_top1, 4),
             "router_top1": round(point.top1, 4), "heavy_calls": point.heavy_calls,
             "heavy_fraction": round(point.heavy_fraction, 6),
+            "signal_extra_macs": round(signal_macs),
             "cascade_macs": round(macs.cascade), "mixture_macs": round(macs.mixture),
             "cascade_vs_heavy": round(macs.cascade_vs_heavy, 6),
             "mixture_vs_heavy": round(macs.mixture_vs_heavy, 6),
         },
     )
+    warnings = []
+    if macs.cascade_vs_heavy > 1.0:
+        warnings.append(
+            f"the cascade costs {macs.cascade_vs_heavy:.3f}x the heavy expert alone in MACs (heavy fraction "
+            f"{point.heavy_fraction:.3f} > break-even {macs.break_even_fraction:.3f} = 1 - C_light/C_heavy): "
+            "routing does not pay here; use a cheaper or more accurate light expert, or --max-heavy-fraction")
+    for warning in warnings:
+        progress.log(f"warning: {warning}")
     write_router(out, spec)
-    return CalibrationResult(spec, sweep, point)
+    return CalibrationResult(spec, sweep, point, warnings)

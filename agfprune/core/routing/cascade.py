@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from agfprune.core.atomic import atomic_path
 from agfprune.core.errors import ModelError
-from agfprune.core.routing.signals import SignalFunction, get_signal
+from agfprune.core.routing.signals import SignalFunction, dynamic_scores, get_signal, is_dynamic
 
 
 def signal_module(name: str) -> nn.Module:
@@ -38,16 +38,21 @@ class Cascade(nn.Module):
         super().__init__()
         self.light = light
         self.heavy = heavy
-        self.signal = signal_module(signal)
+        self.signal = nn.Identity() if is_dynamic(signal) else signal_module(signal)
         self.signal_name: str = signal
         # float32, like the signal, so that calibration and deployment compare identical numbers
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
 
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Light logits and the signal of each sample."""
+        light_logits = self.light(x)
+        return light_logits, self.signal(light_logits)
+
     @torch.jit.export
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the boolean mask of samples that went to the heavy expert."""
-        light_logits = self.light(x)
-        to_heavy = self.signal(light_logits) < self.threshold
+        light_logits, scores = self.score(x)
+        to_heavy = scores < self.threshold
         indices = torch.nonzero(to_heavy).flatten()
         if indices.numel() == 0:
             return light_logits, to_heavy
@@ -58,6 +63,21 @@ class Cascade(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.route(x)[0]
+
+
+class GradientCascade(Cascade):
+    """A Cascade whose signal needs the light expert's input gradients (a dynamic signal): one
+    backward pass per batch on top of the light forward pass, even under torch.no_grad(). Eager
+    only: TorchScript export is refused for it."""
+
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return dynamic_scores(self.signal_name, self.light, x)
+
+
+def make_cascade(light: nn.Module, heavy: nn.Module, signal: str, threshold: float) -> Cascade:
+    """The Cascade for `signal`: scriptable for zero-cost signals, gradient-computing for dynamic ones."""
+    kind = GradientCascade if is_dynamic(signal) else Cascade
+    return kind(light, heavy, signal, threshold)
 
 
 @contextlib.contextmanager

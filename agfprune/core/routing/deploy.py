@@ -9,8 +9,10 @@ import torch
 
 from agfprune.core.atomic import check_writable
 from agfprune.core.export import export_metadata
-from agfprune.core.routing.cascade import Cascade, save_torchscript, script_cascade
+from agfprune.core.errors import UsageError
+from agfprune.core.routing.cascade import Cascade, make_cascade, save_torchscript, script_cascade
 from agfprune.core.routing.router_file import load_router_experts, read_router
+from agfprune.core.routing.signals import SIGNALS, is_dynamic
 
 
 def load_router(path: str | Path, device: torch.device | str = "cpu", light: Path | None = None,
@@ -18,7 +20,7 @@ def load_router(path: str | Path, device: torch.device | str = "cpu", light: Pat
     """The Cascade described by router.yaml, experts loaded and fingerprint-checked, in eval mode."""
     spec = read_router(path)
     pair = load_router_experts(spec, path, device, light, heavy)
-    return Cascade(pair.light.model, pair.heavy.model, spec.signal, spec.threshold).to(device).eval()
+    return make_cascade(pair.light.model, pair.heavy.model, spec.signal, spec.threshold).to(device).eval()
 
 
 @dataclass
@@ -38,6 +40,10 @@ def export_router(path: str | Path, out: str | Path, device: torch.device | str 
     """Compile the router's Cascade to TorchScript, check it against the eager one, write `out`."""
     check_writable(out)
     spec = read_router(path)
+    if is_dynamic(spec.signal):
+        raise UsageError(f"{path}: signal {spec.signal!r} needs the light expert's input gradients, which an "
+                         "exported TorchScript cascade cannot compute; re-calibrate with a zero-cost signal "
+                         f"({', '.join(sorted(SIGNALS))}) to export")
     cascade = load_router(path, device, light, heavy)
     input_size = tuple(spec.light.input_size)
     scripted = script_cascade(cascade, input_size)

@@ -77,17 +77,47 @@ def routing_loader(data: str | Path, half: str, split_seed: int, data_config: di
     return make_loader(split_half(dataset, half, split_seed), options, device)
 
 
+@dataclass
+class RoutingLogits:
+    """Both experts' logits (float32, CPU) and the labels over a data set, plus the scores of any
+    dynamic signals, which need the light model itself and so are computed during the same pass."""
+
+    light: torch.Tensor
+    heavy: torch.Tensor
+    labels: torch.Tensor
+    dynamic: dict[str, torch.Tensor]
+
+    def scores(self, signal: str) -> torch.Tensor:
+        """Signal `signal` of every sample (float32, CPU)."""
+        from agfprune.core.routing.signals import compute_signal, is_dynamic
+
+        if is_dynamic(signal):
+            return self.dynamic[signal]
+        return compute_signal(signal, self.light).float().cpu()
+
+
 @torch.no_grad()
-def collect_logits(pair: ExpertPair, loader: DataLoader, device: torch.device,
-                   progress: Progress = SILENT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Light logits, heavy logits (float32, CPU) and labels over a loader, both experts per batch."""
+def collect_logits(pair: ExpertPair, loader: DataLoader, device: torch.device, progress: Progress = SILENT,
+                   dynamic: tuple[str, ...] | list[str] = ()) -> RoutingLogits:
+    """Light and heavy logits and labels over a loader, both experts per batch; with `dynamic`
+    signal names, the light pass also computes those signals (a backward pass each)."""
+    from agfprune.core.routing.signals import dynamic_scores
+
     light_all, heavy_all, labels_all = [], [], []
+    dynamic_all: dict[str, list[torch.Tensor]] = {name: [] for name in dynamic}
     for images, labels in progress.track(loader, total=len(loader), description="light + heavy"):
         images = images.to(device)
-        light_all.append(pair.light.model(images).float().cpu())
+        light_logits = None
+        for name in dynamic:
+            light_logits, scores = dynamic_scores(name, pair.light.model, images)
+            dynamic_all[name].append(scores.float().cpu())
+        if light_logits is None:
+            light_logits = pair.light.model(images)
+        light_all.append(light_logits.float().cpu())
         heavy_all.append(pair.heavy.model(images).float().cpu())
         labels_all.append(labels)
     labels = torch.cat(labels_all)
     light_logits = torch.cat(light_all)
     _check_labels(labels, light_logits.shape[1])
-    return light_logits, torch.cat(heavy_all), labels
+    return RoutingLogits(light_logits, torch.cat(heavy_all), labels,
+                         {name: torch.cat(values) for name, values in dynamic_all.items()})

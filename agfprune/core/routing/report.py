@@ -21,12 +21,13 @@ from agfprune.core.data import LoaderOptions
 from agfprune.core.errors import UsageError
 from agfprune.core.evaluate import count_cost
 from agfprune.core.progress import SILENT, Progress
-from agfprune.core.routing.calibrate import Sweep, heavy_mask, point_at_threshold, threshold_sweep
-from agfprune.core.routing.cascade import Cascade
+from agfprune.core.routing.calibrate import (Objective, Sweep, heavy_mask, point_at_threshold, select_point,
+                                             threshold_sweep)
+from agfprune.core.routing.cascade import Cascade, make_cascade
 from agfprune.core.routing.cost import cascade_cost, mixture_cost, routing_cost
-from agfprune.core.routing.experts import collect_logits, routing_loader
+from agfprune.core.routing.experts import RoutingLogits, collect_logits, routing_loader
 from agfprune.core.routing.router_file import load_router_experts, read_router
-from agfprune.core.routing.signals import compute_signal
+from agfprune.core.routing.signals import DYNAMIC_SIGNALS, check_signal, extra_macs, is_dynamic, signal_names
 
 COMPLEMENT = {"first": "second", "second": "first", "none": "none"}
 
@@ -51,6 +52,8 @@ class RouterReport:
     random_draws: int
     heavy_calls: int
     heavy_fraction: float
+    bootstrap: dict[str, Any] | None
+    signals: list[dict[str, Any]]
     calibration: dict[str, Any]
     macs: dict[str, Any]
     latency: dict[str, Any] | None
@@ -75,6 +78,58 @@ def random_routing_accuracy(light_logits: torch.Tensor, heavy_logits: torch.Tens
         correct[chosen] = heavy_correct[chosen]
         scores.append(100.0 * float(correct.float().mean()))
     return statistics.fmean(scores), statistics.pstdev(scores)
+
+
+def error_auroc(scores: torch.Tensor, light_correct: torch.Tensor) -> float | None:
+    """AUROC of "low signal" as a detector of the light expert's errors: the probability that an
+    input it gets wrong has a lower signal than one it gets right (ties count 1/2; the Mann-Whitney
+    U statistic from average ranks). 0.5 is chance, 1 separates them perfectly; None when the light
+    expert is right everywhere or wrong everywhere."""
+    errors = ~light_correct.bool()
+    wrong, right = int(errors.sum()), int((~errors).sum())
+    if wrong == 0 or right == 0:
+        return None
+    _, inverse, counts = torch.unique(-scores.double(), return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    ranks = (ends - (counts.double() - 1) / 2)[inverse]  # 1-based average rank of -signal, ascending
+    rank_sum = float(ranks[errors].sum())
+    return (rank_sum - wrong * (wrong + 1) / 2) / (wrong * right)
+
+
+def signal_quality(logits: RoutingLogits, signal: str, light_macs: float) -> dict[str, Any]:
+    """How well `signal` tells the light expert's errors apart on these samples, and the fewest heavy
+    calls with which it reaches the heavy expert's accuracy here (threshold chosen on these same
+    samples: an in-sample property of the signal, not a held-out result)."""
+    scores = logits.scores(signal)
+    sweep = threshold_sweep(logits.light, logits.heavy, logits.labels, signal, scores)
+    match = select_point(sweep, Objective("match-heavy", 0.0))
+    light_correct = logits.light.argmax(dim=1).eq(logits.labels)
+    return {"signal": signal, "dynamic": is_dynamic(signal), "error_auroc": error_auroc(scores, light_correct),
+            "match_heavy_fraction": match.heavy_fraction, "match_heavy_top1": match.top1,
+            "match_heavy_threshold": match.threshold, "extra_macs": round(extra_macs(signal, light_macs)),
+            "extra_cost": DYNAMIC_SIGNALS[signal].extra_cost if is_dynamic(signal) else "none (from the logits)"}
+
+
+def bootstrap_intervals(light_correct: torch.Tensor, heavy_correct: torch.Tensor, to_heavy: torch.Tensor,
+                        resamples: int, seed: int, level: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap intervals (samples drawn with replacement, threshold fixed) of router
+    top-1, heavy fraction and router minus heavy top-1 (paired: the same draw for both)."""
+    samples = len(to_heavy)
+    generator = torch.Generator().manual_seed(seed)
+    router_correct = torch.where(to_heavy, heavy_correct, light_correct).double()
+    chunks: dict[str, list[torch.Tensor]] = {"router_top1": [], "heavy_fraction": [], "router_minus_heavy": []}
+    for start in range(0, resamples, 256):  # chunks keep memory at 256 x N indices
+        draws = torch.randint(samples, (min(256, resamples - start), samples), generator=generator)
+        router = 100.0 * router_correct[draws].mean(dim=1)
+        chunks["router_top1"].append(router)
+        chunks["heavy_fraction"].append(to_heavy.double()[draws].mean(dim=1))
+        chunks["router_minus_heavy"].append(router - 100.0 * heavy_correct.double()[draws].mean(dim=1))
+    tail = (1.0 - level) / 2
+    document: dict[str, Any] = {"resamples": resamples, "level": level, "seed": seed}
+    for key, values in chunks.items():
+        everything = torch.cat(values)
+        document[key] = [float(torch.quantile(everything, tail)), float(torch.quantile(everything, 1 - tail))]
+    return document
 
 
 def sweep_document(sweep: Sweep, light_macs: float, heavy_macs: float, operating: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +164,8 @@ def measure_cascade(cascade: Cascade, batches: list[torch.Tensor], device: torch
     ratio cascade/heavy. The three run back to back on each real batch, in a rotating order, so
     that load from other processes on a shared machine hits all three alike."""
     names = ("light_ms", "heavy_ms", "cascade_ms")
-    runners = dict(zip(names, (cascade.light, cascade.heavy, cascade)))
+    # the light pass is timed with its signal (a backward pass for dynamic signals)
+    runners = dict(zip(names, (cascade.score, cascade.heavy, cascade)))
     passes: dict[str, list[float]] = {name: [] for name in names}
     for step in range(warmup + repeats):
         totals = dict.fromkeys(names, 0.0)
@@ -155,9 +211,11 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
                     split_seed: int | None = None, options: LoaderOptions | None = None,
                     device: torch.device | str = "cpu", light: Path | None = None, heavy: Path | None = None,
                     draws: int = 5, seed: int = 0, latency_batches: int = 4, latency_repeats: int = 5,
-                    plot: Path | None = None, sweep_json: Path | None = None,
-                    progress: Progress = SILENT) -> RouterReport:
-    """Evaluate router.yaml on `data` (by default the half it was not calibrated on)."""
+                    plot: Path | None = None, sweep_json: Path | None = None, signals: list[str] | None = None,
+                    bootstrap: int = 1000, progress: Progress = SILENT) -> RouterReport:
+    """Evaluate router.yaml on `data` (by default the half it was not calibrated on). `signals`: the
+    signals tabulated (AUROC, heavy fraction to match heavy; default all registered); `bootstrap`:
+    resamples for the 95% intervals (0: none)."""
     from agfprune.core.routing.calibrate import _data_label
 
     from agfprune.core.data import check_split_half
@@ -167,8 +225,9 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
     for target in (plot, sweep_json):
         if target is not None:
             check_writable(target)
-    if latency_batches < 0 or latency_repeats < 0 or draws < 1:
-        raise UsageError("--latency-batches and --latency-repeats must be >= 0, --random-draws >= 1")
+    if latency_batches < 0 or latency_repeats < 0 or draws < 1 or bootstrap < 0:
+        raise UsageError("--latency-batches, --latency-repeats and --bootstrap must be >= 0, --random-draws >= 1")
+    signals = signal_names() if signals is None else [check_signal(name) for name in signals]
     options = options or LoaderOptions()
     device = torch.device(device)
     spec = read_router(router_path)
@@ -181,23 +240,33 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
     held_out = _held_out(calibration, data_label, half, split_seed)
     if held_out is False:
         progress.log("warning: evaluating on images the threshold was calibrated on (same half)")
-    light_logits, heavy_logits, labels = collect_logits(pair, loader, device, progress)
-    point = point_at_threshold(light_logits, heavy_logits, labels, spec.signal, spec.threshold)
-    sweep = threshold_sweep(light_logits, heavy_logits, labels, spec.signal)
+    dynamic = [name for name in dict.fromkeys([spec.signal, *signals]) if is_dynamic(name)]
+    logits = collect_logits(pair, loader, device, progress, dynamic=dynamic)
+    light_logits, heavy_logits, labels = logits.light, logits.heavy, logits.labels
+    scores = logits.scores(spec.signal)
+    point = point_at_threshold(light_logits, heavy_logits, labels, spec.signal, spec.threshold, scores)
+    sweep = threshold_sweep(light_logits, heavy_logits, labels, spec.signal, scores)
     random_mean, random_std = random_routing_accuracy(light_logits, heavy_logits, labels,
                                                       point.heavy_calls, draws, seed)
     light_cost = count_cost(pair.light.model, pair.input_size, device)
     heavy_cost = count_cost(pair.heavy.model, pair.input_size, device)
-    macs = routing_cost("MACs/image", light_cost.macs, heavy_cost.macs, point.heavy_fraction).as_dict()
-    macs.update(light_params=light_cost.params, heavy_params=heavy_cost.params)
-    cascade = Cascade(pair.light.model, pair.heavy.model, spec.signal, spec.threshold).to(device).eval()
+    signal_macs = extra_macs(spec.signal, light_cost.macs)
+    macs = routing_cost("MACs/image", light_cost.macs + signal_macs, heavy_cost.macs, point.heavy_fraction).as_dict()
+    macs.update(light_forward=light_cost.macs, signal_extra=signal_macs,
+                light_params=light_cost.params, heavy_params=heavy_cost.params)
+    to_heavy = heavy_mask(scores, spec.threshold)
+    intervals = None
+    if bootstrap > 0:
+        intervals = bootstrap_intervals(light_logits.argmax(dim=1).eq(labels), heavy_logits.argmax(dim=1).eq(labels),
+                                        to_heavy, bootstrap, seed)
+    quality = [signal_quality(logits, name, light_cost.macs) for name in signals]
+    cascade = make_cascade(pair.light.model, pair.heavy.model, spec.signal, spec.threshold).to(device).eval()
     latency = None
     if latency_batches > 0 and latency_repeats > 0:
         batches = [images.to(device) for images, _ in _first_batches(loader, latency_batches)]
         progress.log(f"timing light, heavy and cascade on {len(batches)} batch(es) of {batches[0].shape[0]}")
         timings = measure_cascade(cascade, batches, device, latency_repeats)
-        router_predictions = torch.where(heavy_mask(compute_signal(spec.signal, light_logits), spec.threshold),
-                                         heavy_logits.argmax(dim=1), light_logits.argmax(dim=1))
+        router_predictions = torch.where(to_heavy, heavy_logits.argmax(dim=1), light_logits.argmax(dim=1))
         agreement, batch_fraction = _cascade_agreement(cascade, batches, router_predictions)
         estimate = routing_cost("ms/batch", timings["light_ms"], timings["heavy_ms"], batch_fraction)
         latency = {
@@ -218,12 +287,12 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
         samples=sweep.samples, signal=spec.signal, threshold=spec.threshold,
         light_top1=sweep.light_top1, heavy_top1=sweep.heavy_top1, router_top1=point.top1,
         random_top1=random_mean, random_top1_std=random_std, random_draws=draws,
-        heavy_calls=point.heavy_calls, heavy_fraction=point.heavy_fraction,
+        heavy_calls=point.heavy_calls, heavy_fraction=point.heavy_fraction, bootstrap=intervals, signals=quality,
         calibration=calibration, macs=macs, latency=latency, sweep=sweep,
     )
     operating = {"threshold": spec.threshold, "heavy_calls": point.heavy_calls,
                  "heavy_fraction": point.heavy_fraction, "top1": point.top1}
-    document = sweep_document(sweep, light_cost.macs, heavy_cost.macs, operating)
+    document = sweep_document(sweep, light_cost.macs + signal_macs, heavy_cost.macs, operating)
     if sweep_json is not None:
         write_text_atomic(sweep_json, json.dumps(document, indent=1) + "\n")
     if plot is not None:

@@ -19,7 +19,7 @@ from agfprune.core.atomic import write_text_atomic
 from agfprune.core.errors import ModelError, first_line
 from agfprune.core.models import LoadedModel
 from agfprune.core.routing.experts import ExpertPair, ExpertSource, check_compatible, load_expert
-from agfprune.core.routing.signals import SIGNALS
+from agfprune.core.routing.signals import signal_names
 
 FORMAT_NAME = "agfprune-router"
 FORMAT_VERSION = 1
@@ -40,10 +40,22 @@ class ExpertRecord:
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, model: str | None, params: int | None = None,
-                    macs: int | None = None) -> "ExpertRecord":
-        return cls(checkpoint=str(Path(loaded.checkpoint).resolve()) if loaded.checkpoint else "",
+                    macs: int | None = None, router_dir: Path | None = None) -> "ExpertRecord":
+        return cls(checkpoint=recorded_path(loaded.checkpoint, router_dir) if loaded.checkpoint else "",
                    arch=loaded.arch, fingerprint=loaded.fingerprint, num_classes=loaded.num_classes,
                    input_size=list(loaded.input_size), model=model, params=params, macs=macs)
+
+
+def recorded_path(checkpoint: str | Path, router_dir: Path | None) -> str:
+    """How router.yaml records a checkpoint: relative to the router's folder when the checkpoint lies
+    inside it (so the folder can move as a whole), absolute otherwise (so the router can move alone)."""
+    resolved = Path(checkpoint).resolve()
+    if router_dir is not None:
+        try:
+            return resolved.relative_to(Path(router_dir).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(resolved)
 
 
 @dataclass
@@ -103,18 +115,31 @@ def read_router(path: str | Path) -> RouterSpec:
         raise ModelError(f"{path}: router format version {document['format_version']} is newer than this "
                          f"agfprune supports ({FORMAT_VERSION}); upgrade agfprune")
     signal = document.get("signal")
-    if signal not in SIGNALS:
-        raise ModelError(f"{path}: unknown signal {signal!r} (valid: {', '.join(sorted(SIGNALS))})")
+    if signal not in signal_names():
+        raise ModelError(f"{path}: unknown signal {signal!r} (valid: {', '.join(signal_names())})")
     threshold = document.get("threshold")
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
         raise ModelError(f"{path}: threshold must be a number, got {threshold!r}")
+    light, heavy = _expert(document, "light", path), _expert(document, "heavy", path)
+    _check_records_agree(light, heavy, path)
     return RouterSpec(
-        light=_expert(document, "light", path), heavy=_expert(document, "heavy", path),
+        light=light, heavy=heavy,
         signal=signal, threshold=float(threshold), objective=dict(document.get("objective") or {}),
         calibration=dict(document.get("calibration") or {}),
         format_version=int(document.get("format_version", FORMAT_VERSION)),
         agfprune_version=str(document.get("agfprune_version", "")),
     )
+
+
+def _check_records_agree(light: ExpertRecord, heavy: ExpertRecord, path: Path) -> None:
+    """Refuse, before any checkpoint is loaded, a router whose recorded experts cannot share one input
+    tensor or one label set (an edited or hand-made file)."""
+    if light.num_classes != heavy.num_classes:
+        raise ModelError(f"{path}: experts predict different class counts ({light.num_classes} vs "
+                         f"{heavy.num_classes}); both must classify the same labels")
+    if list(light.input_size) != list(heavy.input_size):
+        raise ModelError(f"{path}: experts expect different input sizes ({'x'.join(map(str, light.input_size))} vs "
+                         f"{'x'.join(map(str, heavy.input_size))}); the cascade feeds both one tensor")
 
 
 def _checkpoint_path(recorded: str, router_path: Path) -> Path:

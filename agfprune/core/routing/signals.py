@@ -1,16 +1,22 @@
-"""Zero-cost routing signals: how sure the light expert is, from its logits alone.
+"""Routing signals: how sure the light expert is; higher always means "keep the light answer".
 
-Every signal is computed from softmax *probabilities* (not raw logits), so that it lives on a
-fixed scale whatever the logit temperature: higher always means "more confident, keep the light
-answer". Each is one small TorchScript-compatible function registered by name, so that the
-deployable Cascade can compile it.
+Zero-cost signals (`SIGNALS`) are computed from softmax *probabilities* (not raw logits), so that
+they live on a fixed scale whatever the logit temperature. Each is one small TorchScript-compatible
+function registered by name, so that the deployable Cascade can compile it.
+
+Dynamic signals (`DYNAMIC_SIGNALS`) need gradients of the light expert, i.e. a backward pass per
+input on top of its forward pass. They exist to measure whether gradient information tells easy
+from hard inputs better than the logits do; a Cascade using one runs eagerly only (TorchScript
+export has no autograd).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
 from agfprune.core.errors import UsageError
 
@@ -52,12 +58,79 @@ def negative_entropy(logits: torch.Tensor) -> torch.Tensor:
     return (log_probabilities.exp() * log_probabilities).sum(dim=1)
 
 
+@dataclass(frozen=True)
+class DynamicSignal:
+    """A signal computed from the light model and its input: `function(model, images) -> (logits,
+    scores)`. `extra_macs_factor` is its cost beyond the light forward pass, in light forward MACs."""
+
+    function: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    extra_macs_factor: float
+    extra_cost: str
+
+
+DYNAMIC_SIGNALS: dict[str, DynamicSignal] = {}
+
+
+def register_dynamic_signal(name: str, extra_macs_factor: float, extra_cost: str):
+    """Decorator: make `function(model, images) -> (logits, scores)` available under `name`."""
+
+    def decorate(function):
+        DYNAMIC_SIGNALS[name] = DynamicSignal(function, extra_macs_factor, extra_cost)
+        return function
+
+    return decorate
+
+
+@register_dynamic_signal(
+    "input-grad", extra_macs_factor=1.0,
+    extra_cost="one backward pass of the light expert to its input (about 1x its forward MACs; "
+               "weight gradients are not computed) and its activations kept in memory")
+def input_gradient_norm(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minus the L2 norm of d CE(logits, own top-1) / d input, per sample, in [-inf, 0]: a model
+    whose prediction barely moves when the input moves is sure of it. The summed loss gives each
+    sample its own gradient (eval mode: no batch statistics couple the samples)."""
+    with torch.enable_grad():
+        inputs = images.detach().clone().requires_grad_(True)
+        logits = model(inputs)
+        loss = torch.nn.functional.cross_entropy(logits.float(), logits.argmax(dim=1).detach(), reduction="sum")
+        (gradient,) = torch.autograd.grad(loss, inputs)
+    return logits.detach(), -gradient.flatten(1).float().norm(dim=1)
+
+
+def signal_names() -> list[str]:
+    """Every signal name: zero-cost ones first, then dynamic ones."""
+    return sorted(SIGNALS) + sorted(DYNAMIC_SIGNALS)
+
+
+def is_dynamic(name: str) -> bool:
+    return name in DYNAMIC_SIGNALS
+
+
+def check_signal(name: str) -> str:
+    """`name` if it is a registered signal of either kind; a one-line UsageError otherwise."""
+    if name not in SIGNALS and name not in DYNAMIC_SIGNALS:
+        raise UsageError(f"--signal {name!r}: unknown signal (valid: {', '.join(signal_names())})")
+    return name
+
+
 def get_signal(name: str) -> SignalFunction:
-    """The registered signal function called `name`; a one-line UsageError for unknown names."""
-    try:
-        return SIGNALS[name]
-    except KeyError:
-        raise UsageError(f"--signal {name!r}: unknown signal (valid: {', '.join(sorted(SIGNALS))})") from None
+    """The zero-cost signal function called `name`; a one-line UsageError for unknown names and for
+    dynamic signals, which need the model and not only its logits."""
+    check_signal(name)
+    if name in DYNAMIC_SIGNALS:
+        raise UsageError(f"signal {name!r} needs the light expert's gradients, not only its logits")
+    return SIGNALS[name]
+
+
+def dynamic_scores(name: str, model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and dynamic signal `name` of a batch."""
+    check_signal(name)
+    return DYNAMIC_SIGNALS[name].function(model, images)
+
+
+def extra_macs(name: str, light_macs: float) -> float:
+    """MACs per image a signal costs beyond the light forward pass (0 for zero-cost signals)."""
+    return DYNAMIC_SIGNALS[name].extra_macs_factor * light_macs if name in DYNAMIC_SIGNALS else 0.0
 
 
 def compute_signal(name: str, logits: torch.Tensor) -> torch.Tensor:
