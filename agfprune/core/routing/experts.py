@@ -44,15 +44,21 @@ def _close(a: Any, b: Any) -> bool:
     return len(a) == len(b) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b))
 
 
+def check_same_labels_and_size(light_classes: int, heavy_classes: int, light_size: Any, heavy_size: Any,
+                               where: str) -> None:
+    """One-line ModelError when two experts differ in class count or input size (`where` names them)."""
+    if light_classes != heavy_classes:
+        raise ModelError(f"experts predict different class counts ({light_classes} vs "
+                         f"{heavy_classes}, {where}); both must classify the same labels")
+    if list(light_size) != list(heavy_size):
+        raise ModelError(f"experts expect different input sizes ({'x'.join(map(str, light_size))} vs "
+                         f"{'x'.join(map(str, heavy_size))}, {where}); the cascade feeds both one tensor")
+
+
 def check_compatible(light: LoadedModel, heavy: LoadedModel) -> None:
     """One-line ModelError when the experts cannot share one input tensor or one label set."""
     where = f"light {light.checkpoint or light.arch} vs heavy {heavy.checkpoint or heavy.arch}"
-    if light.num_classes != heavy.num_classes:
-        raise ModelError(f"experts predict different class counts ({light.num_classes} vs "
-                         f"{heavy.num_classes}, {where}); both must classify the same labels")
-    if light.input_size != heavy.input_size:
-        raise ModelError(f"experts expect different input sizes ({'x'.join(map(str, light.input_size))} vs "
-                         f"{'x'.join(map(str, heavy.input_size))}, {where}); the cascade feeds both one tensor")
+    check_same_labels_and_size(light.num_classes, heavy.num_classes, light.input_size, heavy.input_size, where)
     for key in ("mean", "std"):
         if not _close(light.data_config[key], heavy.data_config[key]):
             raise ModelError(f"experts normalise inputs differently ({key} {tuple(light.data_config[key])} vs "

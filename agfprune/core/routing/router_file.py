@@ -18,7 +18,8 @@ from agfprune import __version__
 from agfprune.core.atomic import write_text_atomic
 from agfprune.core.errors import ModelError, first_line
 from agfprune.core.models import LoadedModel
-from agfprune.core.routing.experts import ExpertPair, ExpertSource, check_compatible, load_expert
+from agfprune.core.routing.experts import (ExpertPair, ExpertSource, check_compatible,
+                                          check_same_labels_and_size, load_expert)
 from agfprune.core.routing.signals import signal_names
 
 FORMAT_NAME = "agfprune-router"
@@ -134,12 +135,8 @@ def read_router(path: str | Path) -> RouterSpec:
 def _check_records_agree(light: ExpertRecord, heavy: ExpertRecord, path: Path) -> None:
     """Refuse, before any checkpoint is loaded, a router whose recorded experts cannot share one input
     tensor or one label set (an edited or hand-made file)."""
-    if light.num_classes != heavy.num_classes:
-        raise ModelError(f"{path}: experts predict different class counts ({light.num_classes} vs "
-                         f"{heavy.num_classes}); both must classify the same labels")
-    if list(light.input_size) != list(heavy.input_size):
-        raise ModelError(f"{path}: experts expect different input sizes ({'x'.join(map(str, light.input_size))} vs "
-                         f"{'x'.join(map(str, heavy.input_size))}); the cascade feeds both one tensor")
+    check_same_labels_and_size(light.num_classes, heavy.num_classes, light.input_size, heavy.input_size,
+                               f"recorded in {path}")
 
 
 def _checkpoint_path(recorded: str, router_path: Path) -> Path:
