@@ -219,7 +219,7 @@ def test_eval_refuses_router_whose_experts_disagree(cli, experts, tmp_path, kwar
 
     router = tmp_path / "router.yaml"
     assert _calibrate(cli, experts, router, "--match-heavy").exit_code == 0
-    other = save_random_cifar(tmp_path / "other.safetensors", 5, **kwargs)
+    other = random_checkpoint(tmp_path / "other.safetensors", 5, **kwargs)
     document = yaml.safe_load(router.read_text())
     document["heavy"].update(checkpoint=str(other), num_classes=kwargs.get("num_classes", 10),
                              input_size=list(kwargs.get("input_size", (3, 32, 32))))

@@ -18,7 +18,6 @@ from agfprune.core.routing.experts import RoutingLogits
 from agfprune.core.routing.report import bootstrap_intervals, error_auroc, signal_quality
 from agfprune.core.routing.router_file import ExpertRecord, RouterSpec, read_router, recorded_path, write_router
 from agfprune.core.routing.signals import check_signal, compute_signal, dynamic_scores, extra_macs, get_signal
-from tests.conftest import save_random_cifar
 
 
 def _pairwise_auroc(scores: torch.Tensor, correct: torch.Tensor) -> float:
