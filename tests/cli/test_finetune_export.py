@@ -29,6 +29,15 @@ def test_finetune_json_then_export_the_result(cli, tiny, tmp_path):
     document = json.loads(result.stdout)
     assert document["outputs"]["last"] == str(tmp_path / "ft.last.safetensors")
     assert document["initial"]["val_samples"] == 16 and len(document["epochs"]) == 1
+    # the reported validation numbers are what `eval` (checked against known answers) gives for the
+    # weights written as "last" on the same images
+    evaluated = cli("eval", document["outputs"]["last"], "--data", "synthetic:16", "--device", "cpu",
+                    "--latency-repeats", "0", "--json", "--quiet")
+    assert evaluated.exit_code == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["samples"] == document["final"]["val_samples"] == 16
+    assert report["top1"] == pytest.approx(document["final"]["val_top1"], abs=1e-3)
+    assert report["loss"] == pytest.approx(document["final"]["val_loss"], rel=1e-4)
     exported = cli("export", str(out), "--format", "torchscript", "--out", str(tmp_path / "ft.pt"), "--json")
     assert exported.exit_code == 0, exported.stderr
     report = json.loads(exported.stdout)

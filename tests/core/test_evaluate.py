@@ -85,3 +85,19 @@ def test_evaluate_and_finetune_validation_report_the_same_known_numbers(batch_si
         assert accuracy.top5 == pytest.approx(100.0 * 11 / 13)
         assert accuracy.loss == pytest.approx(expected_loss, rel=1e-6)
         assert accuracy.samples == 13
+
+
+def test_evaluation_uses_the_running_batchnorm_statistics() -> None:
+    """A BatchNorm whose running statistics map the inputs onto the known logits: evaluating in train
+    mode (batch statistics) would give other numbers."""
+    logits, labels = _known_case()
+    norm = nn.BatchNorm1d(6, affine=False).train()  # train() on purpose: evaluation must switch it
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.linspace(-3.0, 2.0, 6))
+        norm.running_var.copy_(torch.linspace(0.5, 4.0, 6))
+    inputs = logits * (norm.running_var + norm.eps).sqrt() + norm.running_mean
+    dataset = TensorDataset(inputs, labels)
+    for accuracy in (evaluate_accuracy(norm, DataLoader(dataset, batch_size=13), torch.device("cpu")),
+                     validate(norm, dataset, SINGLE, torch.device("cpu"), 13, 0, amp=False)):
+        assert accuracy.top1 == pytest.approx(100.0 * 7 / 13)
+        assert accuracy.top5 == pytest.approx(100.0 * 11 / 13)
