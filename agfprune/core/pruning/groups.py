@@ -70,9 +70,11 @@ def classifier_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """{qkv layer: number of heads} for timm-style attention blocks (what tp pruners take as num_heads)."""
-    return {module.qkv: int(module.num_heads) for module in model.modules()
-            if hasattr(module, "num_heads") and isinstance(getattr(module, "qkv", None), nn.Linear)}
+    """{qkv layer: number of heads} for timm-style attention blocks (what tp pruners take as num_heads);
+    which modules count as attention is decided once, in `vit.attention_modules`."""
+    from agfprune.core.pruning.vit import attention_modules
+
+    return {attention.qkv: int(attention.num_heads) for attention in attention_modules(model).values()}
 
 
 def _reroot_attention(graph: Any, group: Any, num_heads: dict[nn.Module, int]) -> Any:
