@@ -57,7 +57,7 @@ a pickle that needs code to load is refused (exit 4).
 | exports `.onnx`, TorchScript `.pt` | `export` | `agfprune-export` (`format_version` 1) in ONNX `metadata_props` or the TorchScript extra file `agfprune.json` | `source_fingerprint`; verified against PyTorch (max abs diff 1e-4) before the file is written | [export.md](export.md) |
 | Cascade TorchScript `.pt` | `route export` | `agfprune-export` (`format_version` 1) in `agfprune.json` | `light_fingerprint`, `heavy_fingerprint`, signal and threshold; checked against the eager Cascade | [routing.md](routing.md) |
 | route reports `--sweep` `.json`, `--plot` `.png` | `route eval` | the threshold sweep with both costs; a plot | written atomically | [routing.md](routing.md) |
-| compare results `DIR/results.json`, `results.md`, `accuracy.png`, `timings.json`, `cells/*.json` | `compare` | `agfprune-compare` (`format_version` 1) | `fingerprint` of the model; a cell is reused only when its `settings_key` (weights fingerprint + settings) matches | [results.md](results.md) |
+| compare results `DIR/results.json`, `results.md`, `accuracy.png`, `timings.json`, `cells/*.json` | `compare` | `agfprune-compare` (`format_version` 3) | `fingerprint` of the model; a cell is reused only when its `settings_key` (weights fingerprint + settings) matches | [results.md](results.md) |
 
 ## Exit codes
 

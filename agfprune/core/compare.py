@@ -1,5 +1,6 @@
 """The stress test: every metric × allocation × ratio × seed, pruned, BN-recalibrated, evaluated,
-optionally fine-tuned with one shared budget, and evaluated again.
+optionally fine-tuned with one shared budget (optionally distilled from the dense model), and
+evaluated again; optionally a from-scratch baseline per pruned shape (`--baselines scratch`).
 
 Allocation: `local` removes the ratio from every group; `global` ranks channels across groups (raw
 loss units for AGF/Taylor/SNIP, per-group normalised scores otherwise); `global-cost` ranks by
@@ -11,14 +12,19 @@ One calibration pass per seed serves every metric (seeds vary the calibration ba
 random metric). Each finished cell is written to DIR/cells/ at once, so an interrupted comparison
 resumes where it stopped; results.json holds only deterministic numbers (timings go to
 timings.json), so the same command with the same seeds reproduces it byte for byte on one machine.
+
+Under `torchrun` the cells are spread over the ranks (cell i on rank i % world size); the ranks share
+nothing but the output folder, so a cell may take hours without any collective timing out; rank 0
+waits for every cell file and writes the reports (statistics in `agfprune.core.compare_report`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
-import statistics
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,19 +32,23 @@ from typing import Any
 
 import torch
 
-from agfprune import __version__
 from agfprune.core.atomic import check_writable, write_text_atomic
+from agfprune.core.compare_report import (HALVES, jaccard_overlaps, render_markdown, summarise,  # noqa: F401
+                                          write_outputs)
 from agfprune.core.data import LoaderOptions, build_transform, cache_decoded, make_loader, open_dataset
 from agfprune.core.device import seed_everything
 from agfprune.core.errors import UsageError
-from agfprune.core.evaluate import count_cost, evaluate_accuracy
+from agfprune.core.evaluate import count_cost
 from agfprune.core.models import LoadedModel
 from agfprune.core.progress import SILENT, Progress
+from agfprune.core.tensor_batches import AugmentedBatches, DecodedImages, supports_tensor_batches, uint8_transform
 
-RESULTS_FORMAT = "agfprune-compare"
-RESULTS_VERSION = 2
 ALLOCATIONS = ("local", "global", "global-cost")
-HALVES = ("select", "report")  # the first and second seeded halves of the evaluation split
+BASELINES = ("scratch",)
+SCRATCH = "scratch"  # the metric name of from-scratch baseline cells
+KD_ALPHA, KD_TEMPERATURE = 0.5, 4.0  # --finetune-teacher: half cross-entropy, half distillation at T = 4
+FINETUNE_PIPELINE = "tensor-1"  # bumped when the finetune loop changes what a cell computes
+POLL_SECONDS = 2.0  # rank 0 looks for the other ranks' cell files this often
 
 
 @dataclass
@@ -65,6 +75,21 @@ class CompareConfig:
     allocations: list[str] = field(default_factory=lambda: ["local"])
     normalizer: str | None = None
     prune_heads: bool = False
+    finetune_teacher: bool = False  # distil from the dense model being pruned
+    baselines: list[str] = field(default_factory=list)
+    scratch_epochs: int | None = None  # None: the finetuning budget
+    reference: str = "agf"  # paired differences against it; the scratch baselines take its shapes
+    report_only: bool = False  # write reports from the finished cells, compute nothing
+
+    @property
+    def scratch_budget(self) -> int:
+        return self.finetune_epochs if self.scratch_epochs is None else self.scratch_epochs
+
+    def plan(self) -> list[tuple[str, str, float, int]]:
+        """Every (metric, allocation, ratio, seed) cell, scratch baselines last within a seed."""
+        extra = [SCRATCH] if SCRATCH in self.baselines else []
+        return [(m, a, r, s) for s in range(self.seeds) for r in self.ratios for a in self.allocations
+                for m in self.metrics + extra]
 
     def prune_options(self, ratio: float, allocation: str) -> Any:
         from agfprune.core.pruning import PruneOptions
@@ -107,13 +132,34 @@ class CompareConfig:
             raise UsageError(f"--workers {self.workers}: must be ≥ 0")
         if not (math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
             raise UsageError(f"--finetune-lr {self.finetune_lr}: must be positive")
+        for baseline in self.baselines:
+            if baseline not in BASELINES:
+                raise UsageError(f"--baselines {baseline!r}: expected a comma list of {', '.join(BASELINES)}")
+        if self.scratch_epochs is not None and self.scratch_epochs < 1:
+            raise UsageError(f"--scratch-epochs {self.scratch_epochs}: must be ≥ 1")
+        if SCRATCH in self.baselines and self.scratch_budget < 1:
+            raise UsageError("--baselines scratch trains the pruned shapes from scratch: give --finetune-epochs "
+                             "or --scratch-epochs")
+        if SCRATCH in self.baselines and self.reference not in self.metrics:
+            raise UsageError(f"--baselines scratch takes its shapes from --reference {self.reference}, which "
+                             f"is not in --metrics")
+        metric_class(self.reference)
+        if self.finetune_teacher and not self.finetune_epochs:
+            raise UsageError("--finetune-teacher distils during finetuning: give --finetune-epochs")
 
     def cell_settings(self) -> dict[str, Any]:
         """The settings a cell's result depends on (besides metric, ratio and seed)."""
         keys = ("calib_data", "eval_data", "target", "calib_batches", "calib_batch_size", "bn_batches",
                 "eval_limit", "finetune_epochs", "finetune_limit", "finetune_lr", "finetune_batch_size", "normalizer",
                 "prune_heads")
-        return {key: getattr(self, key) for key in keys}
+        settings = {key: getattr(self, key) for key in keys}
+        if self.finetune_epochs:  # only when finetuning, so that cells without it keep their keys
+            settings.update(finetune_teacher=self.finetune_teacher, finetune_pipeline=FINETUNE_PIPELINE)
+        return settings
+
+    def scratch_settings(self) -> dict[str, Any]:
+        """What a scratch cell depends on besides `cell_settings`: its budget and shape source."""
+        return {"scratch_epochs": self.scratch_budget, "shape_from": self.reference, "pipeline": FINETUNE_PIPELINE}
 
 
 @dataclass
@@ -133,6 +179,7 @@ class Cell:
     allocation: str = "local"
     # top-1 on the seeded halves of the evaluation split: {"pruned": {"select": .., "report": ..}, ...}
     halves: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float | None = None  # wall time; goes to timings.json, never into results.json
 
     @property
     def key(self) -> str:
@@ -143,9 +190,36 @@ def cell_key(metric: str, allocation: str, ratio: float, seed: int) -> str:
     return f"{metric}_{allocation}_r{ratio:g}_s{seed}"
 
 
-def _settings_key(loaded: LoadedModel, config: CompareConfig) -> str:
-    text = json.dumps({"fingerprint": loaded.fingerprint, **config.cell_settings()}, sort_keys=True, default=str)
+def _settings_key(loaded: LoadedModel, config: CompareConfig, scratch: bool = False) -> str:
+    settings = {"fingerprint": loaded.fingerprint, **config.cell_settings()}
+    if scratch:
+        settings.update(config.scratch_settings())
+    text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reinitialise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fresh weights for the same structure, by the model's own initialisation: every module's
+    `reset_parameters` (torch defaults, BN statistics reset), then the model's `init_weights()`
+    when it has one (timm ViTs, ResNets, agfprune's CIFAR ResNets). Parameters that do not train
+    (the option-A shortcut's fixed channel map) are structure, not weights, and are kept."""
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    seed_everything(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+        init_weights = getattr(model, "init_weights", None)
+        if callable(init_weights):
+            init_weights()
+        parameters = dict(model.named_parameters())
+        for name, value in frozen.items():
+            parameters[name].copy_(value)
+            parameters[name].requires_grad_(False)
+    return model
 
 
 class _Runner:
@@ -162,12 +236,20 @@ class _Runner:
         # decoded images are cached: every cell re-reads the same calibration, BN and eval images
         self.calib_set = cache_decoded(open_dataset(config.calib_data, "train", eval_transform))
         self.eval_set = cache_decoded(open_dataset(config.eval_data, "val", eval_transform))
+        self.train_images: DecodedImages | None = None
         self.train_set = None
-        if config.finetune_epochs:
-            self.train_set = open_dataset(config.calib_data, "train", build_transform(loaded.data_config, train=True))
+        if config.finetune_epochs or config.scratch_budget and SCRATCH in config.baselines:
+            if supports_tensor_batches(loaded.data_config):  # decoded once, augmented as tensors
+                self.train_set = open_dataset(config.calib_data, "train", uint8_transform(loaded.data_config))
+            else:
+                self.train_set = open_dataset(config.calib_data, "train",
+                                              build_transform(loaded.data_config, train=True))
             if hasattr(self.calib_set, "loader"):  # share one cache of decoded training images
                 self.train_set.loader = self.calib_set.loader  # type: ignore[union-attr]
+            if supports_tensor_batches(loaded.data_config):
+                self.train_images = DecodedImages(self.train_set, loaded.data_config, config.workers)
         self.settings_key = _settings_key(loaded, config)
+        self.scratch_key = _settings_key(loaded, config, scratch=True)
 
     def _calib_loader(self, seed: int, batch_size: int) -> Any:
         options = LoaderOptions(batch_size=batch_size, workers=self.config.workers, seed=seed, shuffle=True,
@@ -197,7 +279,7 @@ class _Runner:
                                          batches=self.config.calib_batches, progress=self.progress)
         return self.stats[seed]
 
-    def run_cell(self, metric: str, allocation: str, ratio: float, seed: int) -> Cell:
+    def _prune(self, metric: str, allocation: str, ratio: float, seed: int) -> Any:
         from agfprune.core.metrics import get_metric
         from agfprune.core.pruning import MetricScorer, prune_model, recalibrate_batchnorm
 
@@ -212,13 +294,18 @@ class _Runner:
             return recalibrate_batchnorm(model, loader, self.device, self.config.bn_batches)
 
         seed_everything(seed)
-        result = prune_model(self.loaded, scorer, self.config.prune_options(ratio, allocation),
-                             recalibrate=recalibrate if self.config.bn_batches else None, seed=seed)
+        return prune_model(self.loaded, scorer, self.config.prune_options(ratio, allocation),
+                           recalibrate=recalibrate if self.config.bn_batches else None, seed=seed)
+
+    def run_cell(self, metric: str, allocation: str, ratio: float, seed: int) -> Cell:
+        if metric == SCRATCH:
+            return self.run_scratch(allocation, ratio, seed)
+        result = self._prune(metric, allocation, ratio, seed)
         pruned, halves = self.evaluate(result.model)
         all_halves = {"pruned": halves}
         finetuned = None
         if self.config.finetune_epochs:
-            self._finetune(result.model, seed)
+            self.finetune(result.model, seed, self.config.finetune_epochs)
             finetuned_accuracy, all_halves["finetuned"] = self.evaluate(result.model)
             finetuned = finetuned_accuracy.top1
         kept = {name: group["kept"] for name, group in sorted(result.record.groups.items())}
@@ -226,22 +313,47 @@ class _Runner:
                     loss_pruned=pruned.loss, params=result.record.params_after, macs=result.record.macs_after,
                     kept=kept, settings_key=self.settings_key, allocation=allocation, halves=all_halves)
 
-    def _finetune(self, model: torch.nn.Module, seed: int) -> None:
-        """The same short budget for every cell: SGD + cosine, no distillation."""
+    def run_scratch(self, allocation: str, ratio: float, seed: int) -> Cell:
+        """The reference metric's pruned shape (same allocation, ratio and seed), re-initialised by the
+        model's own init and trained with the finetuning budget (or --scratch-epochs)."""
+        result = self._prune(self.config.reference, allocation, ratio, seed)
+        model = reinitialise(result.model, seed)
+        initial, halves = self.evaluate(model)
+        self.finetune(model, seed, self.config.scratch_budget, teacher=False)
+        trained, all_halves = self.evaluate(model)
+        return Cell(metric=SCRATCH, ratio=ratio, seed=seed, top1_pruned=initial.top1, top1_finetuned=trained.top1,
+                    loss_pruned=initial.loss, params=result.record.params_after, macs=result.record.macs_after,
+                    kept={}, settings_key=self.scratch_key, allocation=allocation,
+                    halves={"pruned": halves, "finetuned": all_halves})
+
+    def training_batches(self, seed: int) -> Any:
+        """The seeded training stream of one cell: tensor-augmented batches for small inputs, else
+        timm's PIL pipeline through a DataLoader (its random state seeded by the cell's seed)."""
+        if self.train_images is not None:
+            return AugmentedBatches(self.train_images, self.loaded.data_config, self.config.finetune_batch_size,
+                                    seed, self.config.finetune_limit)
+        options = LoaderOptions(batch_size=self.config.finetune_batch_size, workers=self.config.workers,
+                                limit=self.config.finetune_limit, seed=seed, shuffle=True, drop_last=True)
+        return make_loader(self.train_set, options, self.device)
+
+    def finetune(self, model: torch.nn.Module, seed: int, epochs: int, teacher: bool | None = None) -> None:
+        """The same budget for every cell: SGD + warm-up cosine over `epochs` passes of the
+        (seeded) finetuning subset, distilled from the dense model with --finetune-teacher."""
         from agfprune.core.train import LossConfig, Trainer, build_optimizer, warmup_cosine
 
         seed_everything(seed)
-        options = LoaderOptions(batch_size=self.config.finetune_batch_size, workers=self.config.workers,
-                                limit=self.config.finetune_limit, seed=seed, shuffle=True, drop_last=True)
-        loader = make_loader(self.train_set, options, self.device)
+        batches = self.training_batches(seed)
         optimizer = build_optimizer(model, "sgd", self.config.finetune_lr, 5e-4)
-        schedule = warmup_cosine(optimizer, total_steps=len(loader) * self.config.finetune_epochs,
-                                 warmup_steps=min(50, len(loader) // 10))
-        trainer = Trainer(model, optimizer, schedule, LossConfig(), self.device)
+        schedule = warmup_cosine(optimizer, total_steps=len(batches) * epochs,
+                                 warmup_steps=min(50, len(batches) // 10))
+        distil = self.config.finetune_teacher if teacher is None else teacher
+        loss = LossConfig(kd_alpha=KD_ALPHA, kd_temperature=KD_TEMPERATURE) if distil else LossConfig()
+        trainer = Trainer(model, optimizer, schedule, loss, self.device,
+                          teacher=self.loaded.model if distil else None)
         step = 0
-        for epoch in range(self.config.finetune_epochs):
-            for images, labels in self.progress.track(loader, total=len(loader),
-                                                      description=f"finetune {epoch + 1}/{self.config.finetune_epochs}"):
+        for epoch in range(epochs):
+            for images, labels in self.progress.track(batches, total=len(batches),
+                                                      description=f"finetune {epoch + 1}/{epochs}"):
                 trainer.step(images, labels, step)
                 step += 1
         model.eval()
@@ -252,210 +364,81 @@ def _load_cell(path: Path, settings_key: str) -> Cell | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("settings_key") != settings_key:
+    if not isinstance(data, dict) or data.get("settings_key") != settings_key:
         return None
-    return Cell(**data)
+    try:
+        return Cell(**data)
+    except TypeError:  # a cell file of another agfprune version
+        return None
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks (torchrun's RANK/WORLD_SIZE; 0 and 1 without it)."""
+    try:
+        world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise UsageError("RANK and WORLD_SIZE must be integers (torchrun sets them)") from None
+    if not 0 <= rank < world:
+        raise UsageError(f"RANK {rank} is outside WORLD_SIZE {world}")
+    return rank, world
 
 
 def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device,
-                progress: Progress = SILENT) -> dict[str, Any]:
-    """Compute (or reuse) every cell, then write results.json, results.md, the plot and overlaps."""
+                progress: Progress = SILENT) -> dict[str, Any] | None:
+    """Compute (or reuse) every cell, then write results.json, results.md, the plot and timings.
+
+    Under torchrun this rank computes the cells with index % world size == rank; rank 0 then waits
+    for the others' cell files and writes the reports; other ranks return None. With
+    `report_only` nothing is computed: the reports cover the finished cells (marked partial)."""
     config.validate()
     check_writable(config.out / "results.json")
+    rank, world = rank_and_world()
+    if rank != 0:
+        progress = SILENT
     cells_dir = config.out / "cells"  # created by the first cell's write: a failed start leaves no folder
     runner = _Runner(loaded, config, device, progress)
-    dense, dense_halves = runner.evaluate(loaded.model)
-    dense_cost = count_cost(loaded.model, loaded.input_size, device)
-    cells: list[Cell] = []
-    timings: dict[str, float] = {}
-    plan = [(m, a, r, s) for s in range(config.seeds) for r in config.ratios for a in config.allocations
-            for m in config.metrics]
-    for index, (metric, allocation, ratio, seed) in enumerate(plan, start=1):
-        key = cell_key(metric, allocation, ratio, seed)
-        path = cells_dir / f"{key}.json"
-        cell = _load_cell(path, runner.settings_key) if path.exists() else None
-        if cell is None:
+    plan = config.plan()
+
+    def cell_path(metric: str, allocation: str, ratio: float, seed: int) -> Path:
+        return cells_dir / f"{cell_key(metric, allocation, ratio, seed)}.json"
+
+    def finished(metric: str, allocation: str, ratio: float, seed: int) -> Cell | None:
+        path = cell_path(metric, allocation, ratio, seed)
+        key = runner.scratch_key if metric == SCRATCH else runner.settings_key
+        return _load_cell(path, key) if path.exists() else None
+
+    if not config.report_only:
+        for index, (metric, allocation, ratio, seed) in enumerate(plan):
+            if index % world != rank or finished(metric, allocation, ratio, seed) is not None:
+                continue
             started = time.perf_counter()
             cell = runner.run_cell(metric, allocation, ratio, seed)
-            timings[key] = round(time.perf_counter() - started, 2)
-            write_text_atomic(path, json.dumps(asdict(cell), sort_keys=True))
-            progress.log(f"[{index}/{len(plan)}] {key}: top-1 {cell.top1_pruned:.2f}"
-                         + (f" → {cell.top1_finetuned:.2f} after finetuning" if cell.top1_finetuned is not None else ""))
-        cells.append(cell)
-    results = summarise(loaded, config, cells, dense.top1, dense_cost, dense_halves)
-    write_outputs(config.out, results, cells)
+            cell.seconds = round(time.perf_counter() - started, 2)
+            write_text_atomic(cell_path(metric, allocation, ratio, seed), json.dumps(asdict(cell), sort_keys=True))
+            progress.log(f"[{index + 1}/{len(plan)}] {cell.key}: top-1 {cell.top1_pruned:.2f}"
+                         + (f" → {cell.top1_finetuned:.2f} after training" if cell.top1_finetuned is not None else "")
+                         + f" ({cell.seconds:.0f} s)")
+    if rank != 0:
+        return None
+    found = {entry: finished(*entry) for entry in plan}
+    if not config.report_only and world > 1:
+        missing = [entry for entry, cell in found.items() if cell is None]
+        if missing:
+            progress.log(f"waiting for {len(missing)} cell(s) from the other ranks")
+        while missing:
+            time.sleep(POLL_SECONDS)
+            for entry in list(missing):
+                found[entry] = finished(*entry)
+                if found[entry] is not None:
+                    missing.remove(entry)
+    cells = [cell for cell in found.values() if cell is not None]
+    dense, dense_halves = runner.evaluate(loaded.model)
+    dense_cost = count_cost(loaded.model, loaded.input_size, device)
+    results = summarise(loaded, config, cells, dense.top1, dense_cost, dense_halves, planned=len(plan))
+    timings = {cell.key: cell.seconds for cell in cells if cell.seconds is not None}
+    write_outputs(config.out, results, cells, timings)
     if timings:
-        write_text_atomic(config.out / "timings.json", json.dumps(timings, indent=1, sort_keys=True))
+        write_text_atomic(config.out / "timings.json", json.dumps(
+            {"threads": torch.get_num_threads(), "world_size": world, "cells": timings}, indent=1, sort_keys=True))
     return results
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return round(mean, 4), round(std, 4)
-
-
-def jaccard_overlaps(cells: list[Cell], metrics: list[str], ratio: float,
-                     allocation: str = "local") -> dict[str, dict[str, float]]:
-    """Mean over seeds and groups of |kept_A ∩ kept_B| / |kept_A ∪ kept_B| for each metric pair."""
-    by_key = {(c.metric, c.seed): c for c in cells if c.ratio == ratio and c.allocation == allocation}
-    seeds = sorted({c.seed for c in cells})
-    table: dict[str, dict[str, float]] = {}
-    for first in metrics:
-        table[first] = {}
-        for second in metrics:
-            values = []
-            for seed in seeds:
-                a, b = by_key.get((first, seed)), by_key.get((second, seed))
-                if a is None or b is None:
-                    continue
-                for group in a.kept.keys() & b.kept.keys():
-                    left, right = set(a.kept[group]), set(b.kept[group])
-                    union = left | right
-                    if union:
-                        values.append(len(left & right) / len(union))
-            table[first][second] = round(statistics.fmean(values), 4) if values else math.nan
-    return table
-
-
-def summarise(loaded: LoadedModel, config: CompareConfig, cells: list[Cell], dense_top1: float,
-              dense_cost: Any, dense_halves: dict[str, float] | None = None) -> dict[str, Any]:
-    """Mean ± std per metric, allocation and ratio (whole split and each half), ranks, and whether each
-    metric beats random (same allocation) beyond its spread."""
-    stages = ["pruned"] + (["finetuned"] if config.finetune_epochs else [])
-    summary: list[dict[str, Any]] = []
-    for ratio in config.ratios:
-        for allocation in config.allocations:
-            rows = []
-            for metric in config.metrics:
-                group = [c for c in cells if c.metric == metric and c.ratio == ratio and c.allocation == allocation]
-                if not group:
-                    continue
-                row: dict[str, Any] = {"metric": metric, "allocation": allocation, "ratio": ratio,
-                                       "seeds": len(group), "params": round(statistics.fmean(c.params for c in group)),
-                                       "macs": round(statistics.fmean(c.macs for c in group))}
-                for stage in stages:
-                    values = [c.top1_pruned if stage == "pruned" else c.top1_finetuned for c in group]
-                    row[f"top1_{stage}_mean"], row[f"top1_{stage}_std"] = _mean_std(values)  # type: ignore[arg-type]
-                    for half in HALVES:
-                        halves = [c.halves.get(stage, {}).get(half) for c in group]
-                        if all(v is not None for v in halves):
-                            row[f"top1_{stage}_{half}_mean"], row[f"top1_{stage}_{half}_std"] = _mean_std(halves)
-                rows.append(row)
-            for stage in stages:
-                ordered = sorted(rows, key=lambda r: -r[f"top1_{stage}_mean"])
-                for rank, row in enumerate(ordered, start=1):
-                    row[f"rank_{stage}"] = rank
-                baseline = next((r for r in rows if r["metric"] == "random"), None)
-                for row in rows:
-                    if baseline is None or row is baseline:
-                        row[f"beats_random_{stage}"] = None
-                        continue
-                    low = row[f"top1_{stage}_mean"] - row[f"top1_{stage}_std"]
-                    high = baseline[f"top1_{stage}_mean"] + baseline[f"top1_{stage}_std"]
-                    row[f"beats_random_{stage}"] = bool(low > high)
-            summary.extend(rows)
-    return {
-        "format": RESULTS_FORMAT,
-        "format_version": RESULTS_VERSION,
-        "agfprune_version": __version__,
-        "model": loaded.arch,
-        "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
-        "fingerprint": loaded.fingerprint,
-        "settings": {**config.cell_settings(), "metrics": config.metrics, "ratios": config.ratios,
-                     "seeds": config.seeds, "allocations": config.allocations},
-        "dense": {"top1": round(dense_top1, 4), "params": dense_cost.params, "macs": dense_cost.macs,
-                  **({f"top1_{half}": value for half, value in dense_halves.items()} if dense_halves else {})},
-        "summary": summary,
-        "overlap": {f"{ratio:g}/{allocation}": jaccard_overlaps(cells, config.metrics, ratio, allocation)
-                    for ratio in config.ratios for allocation in config.allocations},
-        "cells": [{k: v for k, v in asdict(c).items() if k not in ("kept", "settings_key")} for c in cells],
-    }
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    """results.md: one table per ratio and allocation with mean ± std (whole split, select and report
-    halves), size, rank and the random-baseline test."""
-    settings = results["settings"]
-    stages = ["pruned", "finetuned"] if settings["finetune_epochs"] else ["pruned"]
-    dense = results["dense"]
-    lines = [f"# agfprune compare: {results['model']}", "",
-             f"Dense: top-1 {dense['top1']:.2f}%, {dense['params']:,} params, {dense['macs']:,} MACs. "
-             f"Seeds: {settings['seeds']}; calibration {settings['calib_batches']}×"
-             f"{settings['calib_batch_size']} images; BN recalibration "
-             f"{settings['bn_batches']} batches; finetuning "
-             f"{settings['finetune_epochs']} epoch(s) on "
-             f"{settings['finetune_limit'] or 'all'} images; normaliser "
-             f"{settings.get('normalizer') or 'each metric default'}.", "",
-             "`beats random`: mean − std above random's mean + std (same allocation). `select`/`report`: top-1 "
-             "on the first/second seeded half of the evaluation split (choose on select, report on report).", ""]
-    for ratio in settings["ratios"]:
-        for allocation in settings.get("allocations", ["local"]):
-            rows = [r for r in results["summary"] if r["ratio"] == ratio and r.get("allocation", "local") == allocation]
-            if not rows:
-                continue
-            header = ["metric", "params", "MACs"]
-            for stage in stages:
-                header += [f"top-1 {stage}", "select", "report", "rank", "beats random"]
-            lines += [f"## ratio {ratio:g} ({settings['target']}), {allocation} allocation", "",
-                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            for row in sorted(rows, key=lambda r: r[f"rank_{stages[-1]}"]):
-                cells = [row["metric"], f"{row['params']:,} ({100 * (1 - row['params'] / dense['params']):.0f}% less)",
-                         f"{row['macs']:,} ({100 * (1 - row['macs'] / dense['macs']):.0f}% less)"]
-                for stage in stages:
-                    beats = row[f"beats_random_{stage}"]
-                    halves = [f"{row[f'top1_{stage}_{half}_mean']:.2f}" if f"top1_{stage}_{half}_mean" in row else "–"
-                              for half in HALVES]
-                    cells += [f"{row[f'top1_{stage}_mean']:.2f} ± {row[f'top1_{stage}_std']:.2f}", *halves,
-                              str(row[f"rank_{stage}"]), "–" if beats is None else ("yes" if beats else "no")]
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
-            overlap = results["overlap"].get(f"{ratio:g}/{allocation}", {})
-            names = list(overlap)
-            if len(names) > 1:
-                lines += ["Jaccard overlap of kept channels (mean over groups and seeds):", "",
-                          "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-                for first in names:
-                    lines.append(f"| {first} | " + " | ".join(f"{overlap[first][second]:.2f}" for second in names) + " |")
-                lines.append("")
-    return "\n".join(lines)
-
-
-def write_plot(path: Path, results: dict[str, Any]) -> None:
-    """Accuracy vs ratio per metric with std error bars (one panel per stage), atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from agfprune.core.atomic import atomic_path
-
-    stages = ["pruned", "finetuned"] if results["settings"]["finetune_epochs"] else ["pruned"]
-    figure, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4.5), squeeze=False)
-    for axis, stage in zip(axes[0], stages):
-        allocations = results["settings"].get("allocations", ["local"])
-        for metric in results["settings"]["metrics"]:
-            for allocation in allocations:
-                rows = sorted((r for r in results["summary"] if r["metric"] == metric
-                               and r.get("allocation", "local") == allocation), key=lambda r: r["ratio"])
-                if not rows:
-                    continue
-                label = metric if len(allocations) == 1 else f"{metric} ({allocation})"
-                axis.errorbar([r["ratio"] for r in rows], [r[f"top1_{stage}_mean"] for r in rows],
-                              yerr=[r[f"top1_{stage}_std"] for r in rows], marker="o", capsize=3, label=label)
-        axis.axhline(results["dense"]["top1"], color="black", linestyle="--", linewidth=1, label="dense")
-        axis.set_xlabel(f"pruning ratio ({results['settings']['target']})")
-        axis.set_ylabel("top-1 (%)")
-        axis.set_title(f"{results['model']}: {'after BN recalibration' if stage == 'pruned' else 'after finetuning'}")
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-
-
-def write_outputs(out: Path, results: dict[str, Any], cells: list[Cell]) -> None:
-    write_text_atomic(out / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
-    write_text_atomic(out / "results.md", render_markdown(results))
-    write_plot(out / "accuracy.png", results)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -43,3 +44,32 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def configure_threads() -> int:
+    """Intra-op threads that do not collapse on a shared CPU: OMP_NUM_THREADS when set (torchrun
+    sets 1 per rank), otherwise the cores this process may use divided by the local ranks, less
+    the cores other processes keep busy (1-minute load average), at least 1. Busy-waiting OpenMP
+    threads on cores that other processes hold slow every step down, often by several times."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    try:
+        busy = int(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    threads = max(1, min(cores // local, cores - busy))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """cuda:LOCAL_RANK for a torchrun rank on CUDA (one GPU per rank); the device itself otherwise."""
+    if device.type != "cuda" or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if local_rank >= torch.cuda.device_count():
+        raise UsageError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)

@@ -55,7 +55,10 @@ def test_finished_cells_are_reused(dense, tmp_path: Path) -> None:
     (tmp_path / "timings.json").unlink()
     again = run_compare(dense, config, device)
     assert again["summary"][0]["top1_pruned_mean"] == 42.0
-    assert not (tmp_path / "timings.json").exists()
+    # the reused cell's stored wall time is reported again; it never enters results.json
+    timings = json.loads((tmp_path / "timings.json").read_text())["cells"]
+    assert timings == {"magnitude-l1_local_r0.5_s0": data["seconds"]} and data["seconds"] > 0
+    assert "seconds" not in (tmp_path / "results.json").read_text()
     changed = _config(tmp_path, metrics=["magnitude-l1"], seeds=1, finetune_epochs=0, bn_batches=1)
     assert run_compare(dense, changed, device)["summary"][0]["top1_pruned_mean"] != 42.0
 
@@ -80,11 +83,54 @@ def test_summary_ranks_and_random_test(dense, tmp_path: Path) -> None:
              _cell("wanda", 0, 41, [0, 3]), _cell("wanda", 1, 43, [0, 2])]
     config = _config(tmp_path, metrics=["agf", "random", "wanda"], finetune_epochs=0)
     summary = {r["metric"]: r for r in summarise(dense, config, cells, 90.0, ModelCost(20, 20))["summary"]}
-    assert summary["agf"]["rank_pruned"] == 1 and summary["agf"]["beats_random_pruned"] is True
+    # agf − random per seed: 20, 18 → mean 19, sd √2, 95 % t (1 df) half-width 12.706·√2/√2 = 12.706
+    assert summary["agf"]["vs_random_pruned"] == {"mean": 19.0, "low": 6.294, "high": 31.706, "n": 2}
+    assert summary["agf"]["beats_random_pruned"] is True
+    # wanda − random: 1, −1 → the interval contains 0: no "beats", and wanda ties random in rank
     assert summary["wanda"]["beats_random_pruned"] is False
+    assert summary["wanda"]["rank_pruned"] == summary["random"]["rank_pruned"] == 2
+    assert summary["agf"]["rank_pruned"] == 1
     assert summary["agf"]["top1_pruned_std"] == pytest.approx(1.4142, abs=1e-3)
+    assert summary["wanda"]["vs_reference_pruned"]["mean"] == -19.0 and summary["agf"]["vs_reference_pruned"] is None
     overlap = jaccard_overlaps(cells, ["agf", "random"], 0.5)
     assert overlap["agf"]["random"] == pytest.approx((0 / 4 + 1 / 3) / 2, abs=1e-4)
+
+
+def test_t_quantiles_and_intervals() -> None:
+    import statistics
+
+    from agfprune.core.compare_report import mean_interval, paired_interval, t_quantile
+
+    assert t_quantile(2) == 4.303 and t_quantile(200) == pytest.approx(1.9719, abs=1e-3)
+    values = [1.0, 2.0, 4.0]
+    half = 4.303 * statistics.stdev(values) / 3**0.5
+    assert mean_interval(values)["low"] == pytest.approx(7 / 3 - half, abs=1e-4)
+    assert paired_interval({0: 5.0}, {0: 3.0}) == {"mean": 2.0, "low": None, "high": None, "n": 1}
+    assert paired_interval({0: 5.0}, {1: 3.0}) is None
+
+
+def test_ties_in_rank_and_claims(dense, tmp_path: Path) -> None:
+    """Two metrics within each other's interval share a rank; the claims follow the intervals."""
+    def cell(metric: str, seed: int, top1: float) -> Cell:
+        return Cell(metric=metric, ratio=0.75, seed=seed, top1_pruned=top1, top1_finetuned=top1, loss_pruned=1.0,
+                    params=10, macs=10, halves={"finetuned": {"select": top1, "report": top1}})
+    tops = {"agf": (70, 72, 71), "taylor": (71, 70, 72), "magnitude-l2": (50, 52, 51), "random": (60, 61, 62),
+            "scratch": (40, 41, 42)}
+    cells = [cell(m, s, v) for m, values in tops.items() for s, v in enumerate(values)]
+    config = _config(tmp_path, metrics=["agf", "taylor", "magnitude-l2", "random"], ratios=[0.75], seeds=3,
+                     baselines=["scratch"])
+    results = summarise(dense, config, cells, 90.0, ModelCost(20, 20))
+    rows = {r["metric"]: r for r in results["summary"]}
+    assert rows["agf"]["rank_finetuned"] == rows["taylor"]["rank_finetuned"] == 1
+    assert rows["random"]["rank_finetuned"] == 3 and rows["magnitude-l2"]["rank_finetuned"] == 4
+    assert rows["scratch"]["rank_finetuned"] is None
+    verdicts = {c["claim"]: c["verdict"] for c in results["claims"]}
+    assert verdicts[1] == "holds" and verdicts[2] == "holds"
+    assert verdicts[3].startswith("does not hold")
+    flipped = [cell(m, s, v if m != "magnitude-l2" else v + 20) for m, values in tops.items()
+               for s, v in enumerate(values)]
+    verdicts = {c["claim"]: c["verdict"] for c in summarise(dense, config, flipped, 90.0, ModelCost(20, 20))["claims"]}
+    assert verdicts[1] == "does not hold"
 
 
 def test_allocations_are_crossed_and_halves_partition_the_evaluation(dense, tmp_path: Path) -> None:
@@ -120,3 +166,70 @@ def test_prune_heads_removes_whole_heads_in_every_cell(tmp_path: Path) -> None:
     for cell in json.loads((tmp_path / "results.json").read_text())["cells"]:
         assert cell["params"] < results["dense"]["params"]
     assert results["settings"]["prune_heads"] is True
+
+
+def test_scratch_baseline_takes_the_reference_shape_and_the_same_budget(dense, tmp_path: Path) -> None:
+    results = run_compare(dense, _config(tmp_path, seeds=1, baselines=["scratch"], finetune_teacher=True),
+                          resolve_device("cpu"))
+    cells = {c["metric"]: c for c in results["cells"]}
+    assert cells["scratch"]["params"] == cells["agf"]["params"] < results["dense"]["params"]
+    assert cells["scratch"]["top1_finetuned"] is not None
+    assert "vs_scratch_finetuned" in next(r for r in results["summary"] if r["metric"] == "agf")
+    assert "scratch" in (tmp_path / "results.md").read_text()
+    with pytest.raises(UsageError, match="--reference"):
+        _config(tmp_path, baselines=["scratch"], reference="taylor").validate()
+    with pytest.raises(UsageError, match="--scratch-epochs"):
+        _config(tmp_path, baselines=["scratch"], finetune_epochs=0).validate()
+
+
+def test_reinitialise_redraws_weights_and_keeps_the_shortcut_map(dense) -> None:
+    import copy
+
+    import torch
+
+    from agfprune.core.compare import reinitialise
+
+    model = copy.deepcopy(dense.model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.mul_(0)
+    shortcut = model.layer2[0].shortcut.weight.clone()
+    reinitialise(model, seed=3)
+    conv = model.layer3[1].conv2.weight
+    fan_in = conv.shape[1] * 9
+    assert conv.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)  # He-normal, the model's own init
+    assert model.bn1.weight.eq(1).all() and model.bn1.bias.eq(0).all()
+    assert torch.equal(model.layer2[0].shortcut.weight, shortcut) and not model.layer2[0].shortcut.weight.requires_grad
+    again = reinitialise(copy.deepcopy(model), seed=3)
+    assert torch.equal(again.layer3[1].conv2.weight, conv)
+
+
+def test_ranks_split_the_cells_and_rank_zero_merges_identically(dense, tmp_path: Path, monkeypatch) -> None:
+    """Rank 1 of 2 computes the odd cells only; rank 0 computes the even ones, picks up rank 1's
+    files and writes the same results.json as one process; a lost cell is recomputed on re-run."""
+    device = resolve_device("cpu")
+    single = _config(tmp_path / "single", finetune_epochs=0)
+    run_compare(dense, single, device)
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_compare(dense, _config(shared, finetune_epochs=0), device) is None
+    assert sorted(p.name for p in (shared / "cells").glob("*.json")) == ["random_local_r0.5_s0.json",
+                                                                      "random_local_r0.5_s1.json"]
+    monkeypatch.setenv("RANK", "0")
+    run_compare(dense, _config(shared, finetune_epochs=0), device)
+    assert (shared / "results.json").read_bytes() == (tmp_path / "single" / "results.json").read_bytes()
+    (shared / "cells" / "agf_local_r0.5_s1.json").unlink()  # a rank killed before writing its cell
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    run_compare(dense, _config(shared, finetune_epochs=0), device)
+    assert (shared / "results.json").read_bytes() == (tmp_path / "single" / "results.json").read_bytes()
+
+
+def test_report_only_writes_a_partial_report_without_computing(dense, tmp_path: Path) -> None:
+    device = resolve_device("cpu")
+    run_compare(dense, _config(tmp_path, metrics=["random"], seeds=1, finetune_epochs=0), device)
+    partial = run_compare(dense, _config(tmp_path, seeds=2, finetune_epochs=0, report_only=True), device)
+    assert partial["complete"] is False and (partial["cells_done"], partial["cells_planned"]) == (1, 4)
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 1
+    assert "Partial: 1 of 4 cells" in (tmp_path / "results.md").read_text()

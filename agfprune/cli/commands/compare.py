@@ -39,6 +39,18 @@ def compare_command(
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Equal finetuning budget per cell (0: none).")] = 0,
     finetune_limit: Annotated[Optional[int], typer.Option("--finetune-limit", help="Images per finetuning epoch (seeded subset).")] = None,
     finetune_lr: Annotated[float, typer.Option("--finetune-lr", help="Peak SGD learning rate (cosine schedule).")] = 0.01,
+    finetune_teacher: Annotated[bool, typer.Option(
+        "--finetune-teacher", help="Distil from the dense model while finetuning (½ cross-entropy + ½ KD at T=4).")] = False,
+    baselines: Annotated[str, typer.Option(
+        "--baselines", help="Comma list of baselines: scratch (the --reference shape per allocation, ratio and seed, "
+                            "re-initialised and trained with the same budget).")] = "",
+    scratch_epochs: Annotated[Optional[int], typer.Option(
+        "--scratch-epochs", help="Epochs for the scratch baseline [default: --finetune-epochs].",
+        show_default=False)] = None,
+    reference: Annotated[str, typer.Option(
+        "--reference", help="Metric that every metric is paired against (besides random); scratch takes its shapes.")] = "agf",
+    report_only: Annotated[bool, typer.Option(
+        "--report-only", help="Compute nothing: write results.* from the cells finished so far (marked partial).")] = False,
     batch_size: o.BatchSizeOpt = 256,
     workers: o.WorkersOpt = 0,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="(required) Output folder (resumable).")] = None,
@@ -50,18 +62,20 @@ def compare_command(
     """Prune with every metric at every ratio and seed; report mean ± std, ranks, overlap and a plot.
 
     Writes DIR/results.json, results.md, accuracy.png, timings.json and DIR/cells/*.json; running the
-    same command again reuses finished cells.
+    same command again reuses finished cells. Under `torchrun --nproc-per-node N -m agfprune compare ...`
+    the cells are spread over the ranks and rank 0 writes the reports.
     """
     from agfprune.cli.common import load_model_from_options
     from agfprune.cli.output import RichProgress, print_json, stdout
     from agfprune.core.atomic import check_writable
-    from agfprune.core.compare import CompareConfig, render_markdown, run_compare
-    from agfprune.core.device import resolve_device
+    from agfprune.core.compare import CompareConfig, rank_and_world, render_markdown, run_compare
+    from agfprune.core.device import configure_threads, rank_device, resolve_device
 
     o.require(calib_data, "--calib-data")
     o.require(eval_data, "--eval-data")
     o.require(out, "--out")
-    torch_device = resolve_device(device)
+    rank, world = rank_and_world()
+    torch_device = rank_device(resolve_device(device))
     ratio_values = o.parse_floats(ratios, "--ratios") or ()
     compare_config = CompareConfig(
         calib_data=str(calib_data), eval_data=str(eval_data), out=Path(out),
@@ -70,11 +84,16 @@ def compare_command(
         eval_limit=eval_limit, eval_batch_size=batch_size, finetune_epochs=finetune_epochs,
         finetune_limit=finetune_limit, finetune_lr=finetune_lr, finetune_batch_size=64, workers=workers,
         allocations=[a.strip() for a in allocation.split(",") if a.strip()], normalizer=normalizer,
-        prune_heads=prune_heads)
+        prune_heads=prune_heads,
+        finetune_teacher=finetune_teacher, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+        scratch_epochs=scratch_epochs, reference=reference, report_only=report_only)
     compare_config.validate()
     check_writable(Path(out) / "results.json")  # before the model is loaded
+    configure_threads()
     loaded = load_model_from_options(model, checkpoint, False, torch_device)
-    results = run_compare(loaded, compare_config, torch_device, RichProgress(quiet))
+    results = run_compare(loaded, compare_config, torch_device, RichProgress(quiet or rank != 0))
+    if results is None:  # another rank than 0: rank 0 prints the results
+        return
     if json_output:
         print_json({k: v for k, v in results.items() if k != "cells"})
     else:

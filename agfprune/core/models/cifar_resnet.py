@@ -104,6 +104,11 @@ class CifarResNet(nn.Module):
         self.feature_info = [dict(num_chs=16, reduction=1, module="layer1"),
                              dict(num_chs=32, reduction=2, module="layer2"),
                              dict(num_chs=64, reduction=4, module="layer3")]
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """He-normal convolutions and linear layers (the reference CIFAR ResNet's init); torch's
+        defaults elsewhere. Works on pruned widths too, which `compare --baselines scratch` uses."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, OptionAShortcut):
                 nn.init.kaiming_normal_(module.weight)
