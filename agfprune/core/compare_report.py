@@ -204,12 +204,16 @@ def _final_stage(results: dict[str, Any]) -> str:
     return "finetuned" if any("top1_finetuned_report" in r for r in results["summary"]) else "pruned"
 
 
-def _fmt(interval: dict[str, Any] | None) -> str:
+def _fmt(interval: dict[str, Any] | None, difference: bool = True) -> str:
+    """A difference as "+1.23 [−0.50, +2.96]"; a level as "71.20 ± 1.73" (half-width)."""
     if interval is None:
         return "–"
+    sign = "+" if difference else ""
     if interval["low"] is None:
-        return f"{interval['mean']:+.2f} (1 seed)"
-    return f"{interval['mean']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]"
+        return f"{interval['mean']:{sign}.2f}" + (" (1 seed)" if difference else "")
+    if difference:
+        return f"{interval['mean']:+.2f} [{interval['low']:+.2f}, {interval['high']:+.2f}]"
+    return f"{interval['mean']:.2f} ± {(interval['high'] - interval['low']) / 2:.2f}"
 
 
 def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -269,14 +273,6 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
 # Rendering
 
 
-def _interval_text(interval: dict[str, Any] | None) -> str:
-    if interval is None:
-        return "–"
-    if interval["low"] is None:
-        return f"{interval['mean']:.2f}"
-    return f"{interval['mean']:.2f} ± {(interval['high'] - interval['low']) / 2:.2f}"
-
-
 def render_markdown(results: dict[str, Any], timings: dict[str, float] | None = None) -> str:
     """results.md: per ratio and allocation the report-half top-1 (mean ± 95 % half-width), paired
     differences against random and the reference, ranks with ties; the claims; cell wall times."""
@@ -330,7 +326,7 @@ def render_markdown(results: dict[str, Any], timings: dict[str, float] | None = 
                     beats = row.get(f"beats_random_{stage}")
                     select = row.get(f"top1_{stage}_select_mean")
                     rank = row.get(f"rank_{stage}")
-                    cells += [_interval_text(row[f"top1_{stage}_report"]),
+                    cells += [_fmt(row[f"top1_{stage}_report"], difference=False),
                               "–" if select is None else f"{select:.2f}",
                               _fmt(row.get(f"vs_random_{stage}")), _fmt(row.get(f"vs_reference_{stage}")),
                               "–" if rank is None else str(rank),
