@@ -323,7 +323,8 @@ class _Runner:
         trained, all_halves = self.evaluate(model)
         return Cell(metric=SCRATCH, ratio=ratio, seed=seed, top1_pruned=initial.top1, top1_finetuned=trained.top1,
                     loss_pruned=initial.loss, params=result.record.params_after, macs=result.record.macs_after,
-                    kept={}, settings_key=self.scratch_key, allocation=allocation,
+                    kept={name: group["kept"] for name, group in sorted(result.record.groups.items())},
+                    settings_key=self.scratch_key, allocation=allocation,
                     halves={"pruned": halves, "finetuned": all_halves})
 
     def training_batches(self, seed: int) -> Any:

@@ -169,10 +169,12 @@ def test_prune_heads_removes_whole_heads_in_every_cell(tmp_path: Path) -> None:
 
 
 def test_scratch_baseline_takes_the_reference_shape_and_the_same_budget(dense, tmp_path: Path) -> None:
-    results = run_compare(dense, _config(tmp_path, seeds=1, baselines=["scratch"], finetune_teacher=True),
-                          resolve_device("cpu"))
+    results = run_compare(dense, _config(tmp_path, seeds=1, baselines=["scratch"], finetune_teacher=True,
+                                         allocations=["global"]), resolve_device("cpu"))
     cells = {c["metric"]: c for c in results["cells"]}
     assert cells["scratch"]["params"] == cells["agf"]["params"] < results["dense"]["params"]
+    stored = {p.name.split("_")[0]: json.loads(p.read_text())["kept"] for p in (tmp_path / "cells").glob("*.json")}
+    assert stored["scratch"] == stored["agf"] != stored["random"]  # the reference's shape, not another metric's
     assert cells["scratch"]["top1_finetuned"] is not None
     assert "vs_scratch_finetuned" in next(r for r in results["summary"] if r["metric"] == "agf")
     assert "scratch" in (tmp_path / "results.md").read_text()
