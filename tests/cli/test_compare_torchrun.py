@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import save_random_cifar
+from tests.conftest import random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def _compare(out: Path, checkpoint: Path) -> list[str]:
 
 
 def test_two_gloo_ranks_reproduce_the_single_process_results(tmp_path: Path) -> None:
-    checkpoint = save_random_cifar(tmp_path / "dense.safetensors", 0)
+    checkpoint = random_checkpoint(tmp_path / "dense.safetensors", 0)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     single = subprocess.run([sys.executable, *_compare(tmp_path / "one", checkpoint)], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
