@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -76,14 +78,36 @@ def evaluate_accuracy(model: nn.Module, loader: DataLoader, device: torch.device
     return accuracy_from_logits(logits, labels)
 
 
+def _op_counter() -> Any:
+    """torch-pruning's op counter, without importing timm when this process has not.
+
+    The counter imports timm only to add hooks for timm's attention classes, and a process that
+    never imported timm holds no timm model; importing it anyway would double `agfprune info`'s
+    start-up. Once timm is loaded, its attention hooks are added as torch-pruning itself does.
+    """
+    if "torch_pruning" not in sys.modules and "timm" not in sys.modules:
+        sys.modules["timm"] = None  # type: ignore[assignment]  # makes `import timm` fail fast
+        try:
+            import torch_pruning  # noqa: F401
+        finally:
+            del sys.modules["timm"]
+    from torch_pruning.utils import op_counter
+
+    if "timm" in sys.modules and not op_counter.has_timm:
+        import timm
+
+        for attention in (timm.models.vision_transformer.Attention, timm.models.swin_transformer.WindowAttention):
+            op_counter.MODULES_MAPPING.setdefault(attention, op_counter.timm_multihead_attention_counter_hook)
+        op_counter.has_timm = True
+    return op_counter
+
+
 def count_cost(model: nn.Module, input_size: tuple[int, ...], device: torch.device | str = "cpu") -> ModelCost:
     """Parameters and MACs for one image, counted by torch-pruning's op counter."""
-    import torch_pruning as tp
-
     was_training = model.training
     model.eval()
     example = torch.zeros(1, *input_size, device=device)
-    macs, params = tp.utils.count_ops_and_params(model, example)
+    macs, params = _op_counter().count_ops_and_params(model, example)
     model.train(was_training)
     return ModelCost(params=int(params), macs=int(macs))
 

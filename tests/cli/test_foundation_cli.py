@@ -35,6 +35,24 @@ def test_no_private_typer_imports() -> None:
     assert offenders == []
 
 
+def test_info_on_a_cifar_resnet_imports_neither_timm_nor_torchvision(tmp_path: Path) -> None:
+    """Start-up: `info` on agfprune's own models loads torch only (timm + torchvision cost ~1.5 s more)."""
+    checkpoint = tmp_path / "m.safetensors"
+    write_checkpoint(checkpoint, create_model("cifar_resnet20"), arch="cifar_resnet20", timm_kwargs={},
+                     data_config={})
+    code = ("import contextlib, io, json, sys; from agfprune.cli.app import run\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    assert run(['info', {str(checkpoint)!r}, '--json']) == 0\n"
+            "print(json.dumps([json.loads(out.getvalue())['macs'], sorted(m for m in ('timm', 'torchvision') if m in sys.modules)]))")
+    macs, heavy = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                            check=True).stdout)
+    assert heavy == []
+    import torch_pruning as tp
+
+    reference, _ = tp.utils.count_ops_and_params(create_model("cifar_resnet20"), torch.zeros(1, 3, 32, 32))
+    assert macs == reference
+
+
 def test_help_and_version(cli) -> None:
     result = cli("--help")
     assert result.exit_code == 0 and "eval" in result.stdout and "info" in result.stdout

@@ -23,6 +23,32 @@ def test_cifar_resnets_are_registered_in_timm(depth: int, blocks: int) -> None:
     assert model.pretrained_cfg["input_size"] == (3, 32, 32)
 
 
+def test_own_data_config_equals_timms() -> None:
+    """CIFAR ResNets resolve their data config without timm; it must be what timm would say."""
+    from timm.data import resolve_data_config
+
+    from agfprune.core.models.factory import resolve_model_data_config
+
+    model = create_model("cifar_resnet20", num_classes=7)
+    assert resolve_model_data_config(model) == {**resolve_data_config({}, model=model), "num_classes": 7}
+
+
+def test_op_counter_imported_before_timm_still_counts_attention() -> None:
+    """`count_cost` imports torch-pruning without timm when timm is not loaded; a ViT counted later in
+    the same process must still get timm's attention MACs (as in a process that loaded timm first)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from agfprune.core.evaluate import count_cost; from agfprune.core.models import create_model\n"
+            "first = {order!r} == 'cifar_first'\n"
+            "if first: count_cost(create_model('cifar_resnet20'), (3, 32, 32)); assert 'timm' not in sys.modules\n"
+            "vit = create_model('vit_tiny_patch16_224', img_size=32, patch_size=8, num_classes=10)\n"
+            "print(count_cost(vit, (3, 32, 32)).macs)")
+    macs = [int(subprocess.run([sys.executable, "-c", code.format(order=order)], capture_output=True, text=True,
+                               check=True).stdout) for order in ("cifar_first", "timm_first")]
+    assert macs[0] == macs[1]
+
+
 def test_option_a_shortcut_equals_pad_and_subsample() -> None:
     torch.manual_seed(0)
     shortcut = OptionAShortcut(16, 32)

@@ -1,4 +1,8 @@
-"""CIFAR ResNets (He et al. 2016, section 4.2) registered in timm's model registry.
+"""CIFAR ResNets (He et al. 2016, section 4.2), registered in timm's model registry.
+
+Registration waits until timm is imported (`register_in_timm`), because importing timm (and the
+torchvision it pulls in) costs more than importing torch: `agfprune info` on a CIFAR ResNet needs
+neither, and `create_model` builds these nets directly.
 
 State-dict keys match the public akamaster/pytorch_resnet_cifar10 checkpoints
 (conv1, bn1, layer{1,2,3}.N.{conv1,bn1,conv2,bn2}, linear). The option-A shortcut
@@ -14,7 +18,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import register_model
 
 CIFAR_DATA_CONFIG: dict[str, Any] = {
     "input_size": (3, 32, 32),
@@ -160,21 +163,30 @@ def _create(depth: int, pretrained: bool, **kwargs: Any) -> CifarResNet:
     return model
 
 
-@register_model
 def cifar_resnet20(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     return _create(20, pretrained, **kwargs)
 
 
-@register_model
 def cifar_resnet32(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     return _create(32, pretrained, **kwargs)
 
 
-@register_model
 def cifar_resnet44(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     return _create(44, pretrained, **kwargs)
 
 
-@register_model
 def cifar_resnet56(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     return _create(56, pretrained, **kwargs)
+
+
+MODELS = {fn.__name__: fn for fn in (cifar_resnet20, cifar_resnet32, cifar_resnet44, cifar_resnet56)}
+
+
+def register_in_timm() -> None:
+    """Add the CIFAR ResNets to timm's registry (idempotent; imports timm)."""
+    import timm
+    from timm.models import register_model
+
+    for name, entrypoint in MODELS.items():
+        if not timm.is_model(name):
+            register_model(entrypoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from agfprune.core.checkpoint import CheckpointFile, apply_structure, load_state
 from agfprune.core.errors import ModelError, UsageError
 from agfprune.core.fingerprint import model_fingerprint
 from agfprune.core.models.widths import sync_width_attributes
+
+
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
 @dataclass
@@ -45,15 +49,21 @@ def _suggest(arch: str) -> str:
 
 
 def create_model(arch: str, pretrained: bool = False, **timm_kwargs: Any) -> nn.Module:
-    """timm.create_model with agfprune's models registered and errors turned into one line."""
-    import timm
+    """timm.create_model with agfprune's models registered and errors turned into one line.
 
-    import agfprune.core.models.cifar_resnet  # noqa: F401  (registers cifar_resnet*)
+    agfprune's own models are built without importing timm (a second of start-up saved)."""
+    from agfprune.core.models import cifar_resnet
 
-    if not timm.is_model(arch):
-        raise ModelError(f"unknown model {arch!r}{_suggest(arch)}")
+    entrypoint = cifar_resnet.MODELS.get(arch) if not pretrained else None
+    if entrypoint is None:
+        import timm
+
+        cifar_resnet.register_in_timm()
+        if not timm.is_model(arch):
+            raise ModelError(f"unknown model {arch!r}{_suggest(arch)}")
+        entrypoint = partial(timm.create_model, arch)
     try:
-        return timm.create_model(arch, pretrained=pretrained, **timm_kwargs)
+        return entrypoint(pretrained=pretrained, **timm_kwargs)
     except TypeError as exc:
         raise ModelError(f"model {arch}: invalid arguments {timm_kwargs} ({exc})") from None
     except Exception as exc:  # timm/hub raise many types when weights cannot be fetched
@@ -92,11 +102,21 @@ def _built_input_size(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def resolve_model_data_config(model: nn.Module, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """timm's data config of `model`, updated with checkpoint metadata or user overrides."""
+def _resolve_data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's resolve_data_config, or for agfprune's own models the same fields read directly from
+    their pretrained_cfg (so that loading a CIFAR ResNet does not import timm)."""
+    from agfprune.core.models.cifar_resnet import CifarResNet
+
+    if isinstance(model, CifarResNet):
+        return {key: model.pretrained_cfg[key] for key in DATA_CONFIG_KEYS}
     from timm.data import resolve_data_config
 
-    config = dict(resolve_data_config({}, model=model))
+    return resolve_data_config({}, model=model)
+
+
+def resolve_model_data_config(model: nn.Module, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """timm's data config of `model`, updated with checkpoint metadata or user overrides."""
+    config = dict(_resolve_data_config(model))
     actual = _built_input_size(model)
     if actual is not None:  # e.g. a ViT created with img_size=32: its pretrained cfg still says 224
         config["input_size"] = (config["input_size"][0], *actual)
