@@ -113,23 +113,199 @@ def count_cost(model: nn.Module, input_size: tuple[int, ...], device: torch.devi
 
 
 @torch.no_grad()
+def measure_latencies(models: list[tuple[nn.Module, torch.device, bool]], input_sizes: list[tuple[int, ...]],
+                      batch_size: int, warmup: int = 3, repeats: int = 10) -> list[float]:
+    """Median wall time (ms) of one forward pass on a batch for each (model, device, amp), after
+    warm-up runs. Rounds are interleaved (each model once per round), so that load changes on a
+    shared machine hit every model alike and their ratio stays meaningful."""
+    batches = [torch.randn(batch_size, *size, device=device) for (_, device, _), size in zip(models, input_sizes)]
+    for model, _, _ in models:
+        model.eval()
+    timings: list[list[float]] = [[] for _ in models]
+    for step in range(warmup + repeats):
+        for index, ((model, device, amp), batch) in enumerate(zip(models, batches)):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with autocast(device, amp):
+                model(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= warmup:
+                timings[index].append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(values) for values in timings]
+
+
 def measure_latency(model: nn.Module, input_size: tuple[int, ...], batch_size: int, device: torch.device,
                     warmup: int = 3, repeats: int = 10, amp: bool = True) -> float:
     """Median wall time (ms) of one forward pass on a batch, after warm-up runs."""
-    model.eval()
-    batch = torch.randn(batch_size, *input_size, device=device)
-    timings = []
-    for step in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with autocast(device, amp):
-            model(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= warmup:
-            timings.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(timings)
+    return measure_latencies([(model, device, amp)], [input_size], batch_size, warmup, repeats)[0]
+
+
+# ---- the eval command ----------------------------------------------------------------------------
+
+RUNTIMES = ("pytorch", "onnxruntime")
+
+
+@dataclass
+class EvalRequest:
+    """Everything `agfprune eval` needs; validated once, before any model or data is loaded."""
+
+    data: str | None
+    model: str | None = None
+    checkpoint: str | None = None
+    pretrained: bool = False
+    compare_to: str | None = None
+    batch_size: int = 128
+    workers: int = 0
+    limit: int | None = None
+    img_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    latency_repeats: int = 10
+    threads: int = 0
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+
+    def validate(self) -> torch.device:
+        """UsageError on bad options; returns the device to run on."""
+        from agfprune.core.device import resolve_device
+        from agfprune.core.errors import UsageError
+        from agfprune.core.onnx_model import is_onnx, require_onnxruntime
+
+        if self.data is None:
+            raise UsageError("missing option --data")
+        if self.latency_repeats < 0:
+            raise UsageError(f"--latency-repeats {self.latency_repeats}: must be ≥ 0 (0 skips the latency measurement)")
+        if self.threads < 0:
+            raise UsageError(f"--threads {self.threads}: must be ≥ 0 (0: the runtime's default)")
+        if self.batch_size <= 0:
+            raise UsageError(f"--batch-size {self.batch_size}: must be positive")
+        if is_onnx(self.checkpoint) or is_onnx(self.compare_to):
+            require_onnxruntime()
+        if is_onnx(self.checkpoint) and (self.model or self.pretrained):
+            raise UsageError("an .onnx file carries its own graph: drop --model/--pretrained")
+        return resolve_device(self.device)
+
+
+@dataclass
+class _Evaluated:
+    loaded: object
+    runtime: str
+    device: torch.device
+    data_config: dict
+    accuracy: Accuracy | None = None
+    cost: ModelCost | None = None
+
+
+def _load_for_eval(request: EvalRequest, model: str | None, checkpoint: str | None, pretrained: bool,
+                   device: torch.device) -> _Evaluated:
+    from agfprune.core.data import data_config_overrides
+    from agfprune.core.models import load_model
+    from agfprune.core.onnx_model import is_onnx, load_onnx_model
+
+    if is_onnx(checkpoint):
+        loaded = load_onnx_model(checkpoint, request.threads, device)  # type: ignore[arg-type]
+        runtime, tensor_device = "onnxruntime", torch.device("cpu")
+        recorded = loaded.metadata
+        cost = (ModelCost(params=int(recorded["params"]), macs=int(recorded["macs"]))
+                if isinstance(recorded.get("params"), int) and isinstance(recorded.get("macs"), int) else None)
+    else:
+        loaded = load_model(model, checkpoint, pretrained=pretrained, device=device)
+        runtime, tensor_device, cost = "pytorch", device, None
+    config = data_config_overrides(loaded.data_config, request.img_size, request.mean, request.std)
+    return _Evaluated(loaded, runtime, tensor_device, config, cost=cost)
+
+
+def _speed_wording(speedup: float) -> str:
+    if speedup >= 1.0:
+        return f"{speedup:.2f}× faster"
+    return f"{1.0 / speedup:.2f}× slower"
+
+
+def run_eval(request: EvalRequest, progress: Progress = SILENT) -> dict:
+    """Accuracy, loss, params, MACs and median batch latency of a checkpoint or an .onnx file; with
+    `compare_to`, the same for that (dense) model, latencies timed interleaved, and their ratios."""
+    from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
+    from agfprune.core.device import seed_everything
+
+    device = request.validate()
+    seed_everything(request.seed)
+    previous_threads = torch.get_num_threads()
+    if request.threads > 0:
+        torch.set_num_threads(request.threads)
+    try:
+        subjects = [_load_for_eval(request, request.model, request.checkpoint, request.pretrained, device)]
+        if request.compare_to is not None:
+            subjects.append(_load_for_eval(request, None, request.compare_to, False, device))
+        for subject in subjects:
+            dataset = open_dataset(request.data, "val", build_transform(subject.data_config))
+            loader = make_loader(dataset, LoaderOptions(batch_size=request.batch_size, workers=request.workers,
+                                                        limit=request.limit, seed=request.seed), device)
+            subject.accuracy = evaluate_accuracy(subject.loaded.model, loader, subject.device,
+                                                 request.amp, progress)
+            if subject.cost is None and subject.runtime == "pytorch":
+                subject.cost = count_cost(subject.loaded.model, tuple(subject.data_config["input_size"]), device)
+        latencies: list[float | None] = [None] * len(subjects)
+        if request.latency_repeats > 0:
+            latencies = list(measure_latencies(
+                [(s.loaded.model, s.device, request.amp and s.runtime == "pytorch") for s in subjects],
+                [tuple(s.data_config["input_size"]) for s in subjects], request.batch_size,
+                repeats=request.latency_repeats))
+    finally:
+        torch.set_num_threads(previous_threads)
+    reports = [_report(request, subject, latency) for subject, latency in zip(subjects, latencies)]
+    result = reports[0]
+    if len(reports) == 2:
+        result["compare_to"] = reports[1]
+        result.update(_comparison(reports[0], reports[1]))
+    return result
+
+
+def _report(request: EvalRequest, subject: _Evaluated, latency: float | None) -> dict:
+    loaded, accuracy = subject.loaded, subject.accuracy
+    assert accuracy is not None
+    return {
+        "model": loaded.arch,  # type: ignore[attr-defined]
+        "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,  # type: ignore[attr-defined]
+        "fingerprint": loaded.fingerprint,  # type: ignore[attr-defined]
+        "runtime": subject.runtime,
+        "data": str(request.data),
+        "samples": accuracy.samples,
+        "top1": round(accuracy.top1, 4),
+        "top5": round(accuracy.top5, 4),
+        "loss": round(accuracy.loss, 6),
+        "params": subject.cost.params if subject.cost else None,
+        "macs": subject.cost.macs if subject.cost else None,
+        "latency_ms": round(latency, 3) if latency is not None else None,
+        "batch_size": request.batch_size,
+        "threads": request.threads or (torch.get_num_threads() if subject.runtime == "pytorch" else None),
+        "device": str(subject.device) if subject.runtime == "pytorch" else f"onnxruntime:{subject.device.type}",
+    }
+
+
+def _ratio(numerator: float | int | None, denominator: float | int | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 4)
+
+
+def _comparison(model: dict, reference: dict) -> dict:
+    """Ratios of `model` against `reference` (the dense model), with a one-line summary."""
+    speedup = _ratio(reference["latency_ms"], model["latency_ms"])
+    delta = round(model["top1"] - reference["top1"], 4)
+    name = reference["checkpoint"] or reference["model"]
+    parts = []
+    if speedup is not None:
+        parts.append(f"{_speed_wording(speedup)} than {name} ({reference['runtime']}, batch {model['batch_size']})")
+    parts.append(f"top-1 {delta:+.2f} pp")
+    macs_ratio = _ratio(model["macs"], reference["macs"])
+    if macs_ratio is not None:
+        parts.append(f"MACs ×{macs_ratio:.3f}")
+    return {"speedup": round(speedup, 3) if speedup is not None else None, "top1_delta": delta,
+            "macs_ratio": macs_ratio, "params_ratio": _ratio(model["params"], reference["params"]),
+            "summary": ", ".join(parts)}
 
 
 def as_dict(record: Accuracy | ModelCost) -> dict:

@@ -216,8 +216,12 @@ def export_model(loaded: LoadedModel, fmt: str, out: str | Path, *, batch_size: 
     example = next(x for x in inputs if len(x) == max(2, batch_size))
     with torch.no_grad():
         reference = [model(x).float() for x in inputs]
+    from agfprune.core.evaluate import count_cost
+
+    cost = count_cost(model, tuple(loaded.input_size))  # so that `eval FILE.onnx` reports them too
     metadata = export_metadata(loaded.arch, loaded.fingerprint, input_size=list(loaded.input_size),
-                               pruned=bool(loaded.metadata.get("structure")))
+                               pruned=bool(loaded.metadata.get("structure")), data_config=loaded.data_config,
+                               params=cost.params, macs=cost.macs)
     with atomic_path(out, suffix=FORMATS[fmt]) as tmp:
         if fmt == "onnx":
             run, detail = _export_onnx(model, example, tmp, {"opset": opset, "metadata": metadata}, progress)

@@ -25,6 +25,12 @@ def eval_command(
     std: o.StdOpt = None,
     latency_repeats: Annotated[int, typer.Option(
         "--latency-repeats", help="Timed batches for latency (median reported); 0 skips it.")] = 10,
+    threads: Annotated[int, typer.Option(
+        "--threads", help="Intra-op threads for PyTorch and onnxruntime alike; 0 keeps each runtime's default.")] = 0,
+    compare_to: Annotated[Optional[Path], typer.Option(
+        "--compare-to", metavar="DENSE",
+        help="Also evaluate this checkpoint or .onnx file (any runtime) on the same data; latencies are "
+             "timed interleaved and the speed-up, top-1 difference and MACs ratio reported.")] = None,
     device: o.DeviceOpt = "auto",
     amp: o.AmpOpt = True,
     seed: o.SeedOpt = 0,
@@ -32,45 +38,28 @@ def eval_command(
     quiet: o.QuietOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
-    """Top-1, top-5, mean loss, params, MACs and median batch latency on --data (its val split)."""
-    from agfprune.cli.common import data_config_from_options, load_model_from_options, loader_from_options
+    """Top-1, top-5, mean loss, params, MACs and median batch latency on --data (its val split).
+
+    CHECKPOINT may be an exported .onnx file: it then runs in onnxruntime, so that what you ship is
+    what you measure.
+    """
+    from agfprune.cli.options import parse_floats
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
-    from agfprune.core.device import resolve_device, seed_everything
-    from agfprune.core.evaluate import count_cost, evaluate_accuracy, measure_latency
+    from agfprune.core.evaluate import EvalRequest, run_eval
 
-    o.require(data, "--data")
-    if latency_repeats < 0:
-        from agfprune.core.errors import UsageError
-
-        raise UsageError(f"--latency-repeats {latency_repeats}: must be ≥ 0 (0 skips the latency measurement)")
-    torch_device = resolve_device(device)
-    seed_everything(seed)
-    progress = RichProgress(quiet)
-    loaded = load_model_from_options(model, checkpoint_arg or checkpoint, pretrained, torch_device)
-    data_config = data_config_from_options(loaded, img_size, mean, std)
-    loader = loader_from_options(data, "val", data_config, batch_size=batch_size, workers=workers,
-                                 limit=limit, seed=seed, device=torch_device)
-    accuracy = evaluate_accuracy(loaded.model, loader, torch_device, amp, progress)
-    input_size = tuple(data_config["input_size"])
-    cost = count_cost(loaded.model, input_size, torch_device)
-    latency = (measure_latency(loaded.model, input_size, batch_size, torch_device, repeats=latency_repeats, amp=amp)
-               if latency_repeats > 0 else None)
-    result = {
-        "model": loaded.arch,
-        "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
-        "fingerprint": loaded.fingerprint,
-        "data": str(data),
-        "samples": accuracy.samples,
-        "top1": round(accuracy.top1, 4),
-        "top5": round(accuracy.top5, 4),
-        "loss": round(accuracy.loss, 6),
-        "params": cost.params,
-        "macs": cost.macs,
-        "latency_ms": round(latency, 3) if latency is not None else None,
-        "batch_size": batch_size,
-        "device": str(torch_device),
-    }
+    request = EvalRequest(
+        data=None if data is None else str(data), model=model,
+        checkpoint=str(checkpoint_arg or checkpoint) if (checkpoint_arg or checkpoint) else None,
+        pretrained=pretrained, compare_to=str(compare_to) if compare_to else None, batch_size=batch_size,
+        workers=workers, limit=limit, img_size=img_size, mean=parse_floats(mean, "--mean"),
+        std=parse_floats(std, "--std"), latency_repeats=latency_repeats, threads=threads, device=device,
+        amp=amp, seed=seed)
+    result = run_eval(request, RichProgress(quiet))
     if json_output:
         print_json(result)
-    else:
-        stdout.print(key_value_table(f"eval {loaded.arch}", result))
+        return
+    stdout.print(key_value_table(f"eval {result['model']}", {k: v for k, v in result.items()
+                                                            if k not in ("compare_to", "summary")}))
+    if "compare_to" in result:
+        stdout.print(key_value_table(f"compare to {result['compare_to']['model']}", result["compare_to"]))
+        stdout.print(result["summary"], highlight=False, markup=False)
