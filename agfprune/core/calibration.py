@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from agfprune import __version__
 from agfprune.core.atomic import atomic_path
 from agfprune.core.device import autocast
+from agfprune.core.distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum_tree
 from agfprune.core.errors import DataError, ModelError, NumericalError, UsageError, first_line
 from agfprune.core.fingerprint import model_fingerprint
 from agfprune.core.layer_types import NORM_TYPES, WEIGHT_TYPES  # noqa: F401 - re-exported
@@ -275,15 +276,28 @@ def _accumulator_dtype(model: nn.Module) -> torch.dtype:
 
 def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | str, *, batches: int,
               target: str = "labels", progress: Progress = SILENT, amp: bool = False,
-              metadata: Mapping[str, Any] | None = None) -> CalibrationStats:
+              metadata: Mapping[str, Any] | None = None, micro_batch: int | None = None,
+              context: DistContext | None = None) -> CalibrationStats:
     """Run `batches` forward+backward passes (model in eval mode) and return the streamed sums.
 
+    `micro_batch` splits each batch into chunks of at most that many images, each chunk's loss
+    weighted by its share of the batch: the per-sample gradients, hence every sum, stay those of
+    the whole batch (eval mode: no image depends on another), while activation memory shrinks.
+    Under torchrun (`context` with several ranks) `loader` yields this rank's share, batches
+    rank, rank + W, … (data.calibration_loader), and the sums are added up over the ranks at the
+    end, so every rank returns what one process running all batches would (up to float order).
     The model's `.grad` fields are cleared before and after; weights are not changed.
     """
     if batches <= 0:
         raise UsageError(f"--batches {batches}: must be positive")
     if target not in TARGETS:
         raise UsageError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
+    if micro_batch is not None and micro_batch <= 0:
+        raise UsageError(f"--micro-batch {micro_batch}: must be positive")
+    context = context or SINGLE
+    if batches < context.world_size:
+        raise UsageError(f"--batches {batches}: fewer than the {context.world_size} processes; "
+                         "give every process at least one batch")
     device = torch.device(device)
     dtype = _accumulator_dtype(model)
     was_training = model.training
@@ -295,9 +309,10 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
     started = time.perf_counter()
     batch_size = 0
     iterator = iter(loader)
+    owned = range(context.rank, batches, context.world_size)
     try:
         model.zero_grad(set_to_none=True)
-        for index in progress.track(range(batches), total=batches, description="calibrate"):
+        for position, index in enumerate(progress.track(owned, total=len(owned), description="calibrate")):
             try:
                 images, labels = next(iterator)
             except StopIteration:
@@ -308,9 +323,9 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
             if collector is None:
                 sites = removal_sites_of(model, images[:1])
                 collector = _Collector(model, dtype, device, sites)
-            _run_batch(model, collector, images, labels, target, amp, device, index, batches)
+            _run_chunks(model, collector, images, labels, target, amp, device, index, batches, micro_batch)
             if collector.modified_in_place:
-                if index > 0:
+                if position > 0:
                     raise ModelError("layer outputs modified in place only after the first batch: "
                                      + ", ".join(sorted(collector.modified_in_place)))
                 # redo the first batch holding copies of the outputs that later ops modify in place
@@ -318,13 +333,15 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
                 collector.modified_in_place.clear()
                 collector.reset()
                 model.zero_grad(set_to_none=True)
-                _run_batch(model, collector, images, labels, target, amp, device, index, batches)
+                _run_chunks(model, collector, images, labels, target, amp, device, index, batches, micro_batch)
             collector.stats.samples += len(images)
             collector.stats.batches += 1
         stats = collector.stats
         for name, parameter in parameters.items():
             if parameter.grad is not None:
                 stats.grad[name] = parameter.grad.detach().to(dtype).clone()
+        _all_reduce_sums(stats, context, device)
+        batch_size = all_reduce_max(batch_size, context, device)
         if not all(bool(torch.isfinite(g).all()) for g in stats.grad.values()):
             raise NumericalError("calibration produced NaN/Inf parameter gradients")
     finally:
@@ -347,6 +364,8 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
         "dtype": str(dtype).replace("torch.", ""),
         "seconds": round(time.perf_counter() - started, 3),
         "sites": [site.key for site in sites],
+        "world_size": context.world_size,
+        "micro_batch": micro_batch,
         **dict(metadata or {}),
     }
     return stats
@@ -365,8 +384,28 @@ def removal_sites_of(model: nn.Module, example: torch.Tensor) -> list[Any]:
         model.train(was_training)
 
 
+def _all_reduce_sums(stats: CalibrationStats, context: DistContext, device: torch.device) -> None:
+    """Add every streamed sum and count (all fields but the metadata) over the ranks, in place."""
+    if not context.enabled:
+        return
+    for name in (f.name for f in fields(stats) if f.name != "metadata"):
+        setattr(stats, name, all_reduce_sum_tree(getattr(stats, name), context, device))
+
+
+def _run_chunks(model: nn.Module, collector: _Collector, images: torch.Tensor, labels: torch.Tensor,
+                target: str, amp: bool, device: torch.device, index: int, batches: int,
+                micro_batch: int | None) -> None:
+    """One batch, as one pass or as micro-batches whose losses add up to the batch's mean loss."""
+    size = len(images)
+    step = size if not micro_batch or micro_batch >= size else micro_batch
+    for start in range(0, size, step):
+        _run_batch(model, collector, images[start:start + step], labels[start:start + step], target, amp,
+                   device, index, batches, scale=min(step, size - start) / size)
+
+
 def _run_batch(model: nn.Module, collector: _Collector, images: torch.Tensor, labels: torch.Tensor,
-               target: str, amp: bool, device: torch.device, index: int, batches: int) -> None:
+               target: str, amp: bool, device: torch.device, index: int, batches: int,
+               scale: float = 1.0) -> None:
     with autocast(device, amp):
         logits = model(images)
     if isinstance(logits, (tuple, list)):
@@ -375,7 +414,7 @@ def _run_batch(model: nn.Module, collector: _Collector, images: torch.Tensor, la
     if not bool(torch.isfinite(loss)):
         raise NumericalError(f"calibration batch {index + 1}/{batches}: the loss is {loss.item()} "
                              "(check the checkpoint and the input normalisation)")
-    loss.backward()
+    (loss * scale if scale != 1.0 else loss).backward()
     if not collector.finite():
         raise NumericalError(f"calibration batch {index + 1}/{batches}: statistics became NaN/Inf "
                              "(gradients overflowed; try without --amp)")

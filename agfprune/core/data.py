@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from agfprune.core.errors import DataError, UsageError, first_line
 
@@ -206,6 +206,37 @@ def make_loader(dataset: Dataset, options: LoaderOptions, device: torch.device |
         pin_memory=bool(device is not None and device.type == "cuda"),
         persistent_workers=False,
     )
+
+
+class SeededBatches(Sampler[list[int]]):
+    """Calibration batches: batch i holds items perm[i*B:(i+1)*B] of a seeded permutation of the data
+    set (the last one may be short). Rank r of a W-process job gets batches r, r+W, r+2W, …, so that
+    the ranks together see exactly the batches one process would, and nobody decodes the others'."""
+
+    def __init__(self, length: int, batch_size: int, batches: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.length, self.batch_size, self.seed = length, batch_size, seed
+        available = -(-length // batch_size)  # ceil: every image in some batch
+        self.owned = list(range(rank, min(batches, available), world_size))
+
+    def __len__(self) -> int:
+        return len(self.owned)
+
+    def __iter__(self):
+        permutation = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        for index in self.owned:
+            yield permutation[index * self.batch_size:(index + 1) * self.batch_size]
+
+
+def calibration_loader(dataset: Dataset, *, batch_size: int, batches: int, seed: int, workers: int = 0,
+                       rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> DataLoader:
+    """A DataLoader over this rank's share of `batches` seeded batches (see SeededBatches)."""
+    LoaderOptions(batch_size=batch_size, workers=workers).validate()
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise DataError("the data set is empty")
+    sampler = SeededBatches(len(dataset), batch_size, batches, seed, rank, world_size)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                      pin_memory=bool(device is not None and device.type == "cuda"))
 
 
 def dataset_classes(dataset: Dataset) -> int:

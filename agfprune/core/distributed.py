@@ -7,12 +7,14 @@ so the same code path serves one process and many.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from agfprune.core.errors import UsageError
+from agfprune.core.errors import ModelError, UsageError
 
 
 @dataclass
@@ -91,6 +93,69 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistContext | None = None) -> 
 def all_reduce_sum_dict(values: dict[str, torch.Tensor], context: DistContext | None = None) -> dict[str, torch.Tensor]:
     """`all_reduce_sum` over every tensor of a dict (e.g. per-channel AGF sums and counts)."""
     return {name: all_reduce_sum(tensor, context) for name, tensor in values.items()}
+
+
+def _structure(value: Any) -> Any:
+    """Keys and shapes of a nested dict of tensors/numbers (what all ranks must agree on)."""
+    if isinstance(value, dict):
+        return {str(k): _structure(v) for k, v in sorted(value.items())}
+    if isinstance(value, torch.Tensor):
+        return ["tensor", list(value.shape), str(value.dtype)]
+    return type(value).__name__
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for _, v in sorted(value.items()) for leaf in _leaves(v)]
+    return [value]
+
+
+def _rebuild(value: Any, leaves: Iterator[Any]) -> Any:
+    if isinstance(value, dict):
+        return {k: _rebuild(v, leaves) for k, v in sorted(value.items())}
+    return next(leaves)
+
+
+def all_reduce_sum_tree(value: Any, context: DistContext, device: torch.device) -> Any:
+    """Sum a nested dict of tensors and ints/floats over all ranks (identity in one process).
+
+    Tensors are reduced on `device` (NCCL needs CUDA tensors) and keep their dtype; numbers travel
+    packed in one float64 tensor (exact for counts below 2**53). Every rank must hold the same
+    keys and shapes, which is checked first, so that a mismatch fails instead of hanging or mixing."""
+    if not context.enabled or not dist.is_initialized():
+        return value
+    structures: list[Any] = [None] * context.world_size
+    dist.all_gather_object(structures, _structure(value))
+    if any(other != structures[0] for other in structures):
+        raise ModelError("distributed ranks collected different statistics (models or data differ between ranks)")
+    leaves = _leaves(value)
+    reduced: list[Any] = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            buffer = leaf.to(device)
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            reduced.append(buffer.to(leaf.device))
+        else:
+            reduced.append(None)
+    numbers = [leaf for leaf in leaves if not isinstance(leaf, torch.Tensor)]
+    if numbers:
+        packed = torch.tensor([float(n) for n in numbers], dtype=torch.float64, device=device)
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        totals = iter(packed.tolist())
+        for position, leaf in enumerate(leaves):
+            if not isinstance(leaf, torch.Tensor):
+                total = next(totals)
+                reduced[position] = int(round(total)) if isinstance(leaf, int) else total
+    return _rebuild(value, iter(reduced))
+
+
+def all_reduce_max(number: int, context: DistContext, device: torch.device) -> int:
+    """The largest `number` over all ranks."""
+    if not context.enabled or not dist.is_initialized():
+        return number
+    buffer = torch.tensor([number], dtype=torch.int64, device=device)
+    dist.all_reduce(buffer, op=dist.ReduceOp.MAX)
+    return int(buffer.item())
 
 
 def shard_indices(length: int, context: DistContext) -> list[int]:

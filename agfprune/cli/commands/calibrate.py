@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -22,6 +22,9 @@ def calibrate_command(
         "--target", help="Loss: 'labels' (cross-entropy on the data's labels) or 'self' (cross-entropy "
                          "against the model's own top-1 prediction; for unlabelled images).")] = "labels",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output calibration file (.safetensors).")] = Path("calib.safetensors"),
+    micro_batch: Annotated[Optional[int], typer.Option(
+        "--micro-batch", help="Run each batch as chunks of at most this many images (same statistics, "
+                              "less activation memory on large models and inputs).")] = None,
     workers: o.WorkersOpt = 0,
     img_size: o.ImgSizeOpt = None,
     mean: o.MeanOpt = None,
@@ -34,57 +37,24 @@ def calibrate_command(
     quiet: o.QuietOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
-    """Collect AGF, Taylor, input-norm and gradient statistics for every prunable structure."""
-    from agfprune.cli.common import data_config_from_options, load_model_from_options, loader_from_options
-    from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
-    from agfprune.core.atomic import check_writable
-    from agfprune.core.calibration import TARGETS, calibrate, save_calibration
-    from agfprune.core.device import resolve_device, seed_everything
-    from agfprune.core.errors import UsageError
+    """Collect AGF, Taylor, input-norm and gradient statistics for every prunable structure.
 
-    if batches <= 0:
-        raise UsageError(f"--batches {batches}: must be positive")
-    if target not in TARGETS:
-        raise UsageError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
-    check_writable(out)
-    torch_device = resolve_device(device)
-    seed_everything(seed)
-    progress = RichProgress(quiet)
-    loaded = load_model_from_options(model, checkpoint, pretrained, torch_device)
-    data_config = data_config_from_options(loaded, img_size, mean, std)
-    loader = loader_from_options(data, split, data_config, batch_size=batch_size, workers=workers, limit=None,
-                                 seed=seed, device=torch_device, shuffle=True)
-    provenance = {
-        "model": loaded.arch,
-        "checkpoint": str(loaded.checkpoint.resolve()) if loaded.checkpoint else None,
-        "pretrained": bool(pretrained and loaded.checkpoint is None),
-        "timm_kwargs": loaded.timm_kwargs,
-        "input_size": list(data_config["input_size"]),
-        "mean": list(data_config["mean"]),
-        "std": list(data_config["std"]),
-        "data": str(data),
-        "split": split,
-        "data_count": len(loader.dataset),
-        "seed": seed,
-    }
-    progress.log(f"calibrating {loaded.arch} on {batches} batches of {batch_size} from {data} ({split})")
-    stats = calibrate(loaded.model, loader, torch_device, batches=batches, target=target, progress=progress,
-                      amp=amp, metadata=provenance)
-    save_calibration(out, stats)
-    result = {
-        "out": str(out),
-        "model": loaded.arch,
-        "fingerprint": stats.fingerprint,
-        "batches": stats.batches,
-        "samples": stats.samples,
-        "target": target,
-        "removal_sites": len(stats.out_abs) + len(stats.in_abs),
-        "input_norm_layers": len(stats.in_sq),
-        "parameters_with_gradients": len(stats.grad),
-        "device": str(torch_device),
-        "seconds": stats.metadata["seconds"],
-    }
+    Runs data-parallel under torchrun (`torchrun --nproc-per-node N -m agfprune calibrate ...`): the
+    seeded batches are split over the processes and the sums added up, so the file is the one a
+    single process writes (up to float summation order); rank 0 writes it.
+    """
+    from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
+    from agfprune.core.calibration_run import CalibrateRequest, run_calibration
+
+    request = CalibrateRequest(
+        data=str(data), out=out, model=model, checkpoint=checkpoint, pretrained=pretrained, split=split,
+        batches=batches, batch_size=batch_size, target=target, micro_batch=micro_batch, workers=workers,
+        img_size=img_size, mean=o.parse_floats(mean, "--mean"), std=o.parse_floats(std, "--std"),
+        device=device, amp=amp, seed=seed)
+    result = run_calibration(request, RichProgress(quiet))
+    if result is None:
+        return  # under torchrun only rank 0 reports
     if json_output:
         print_json(result)
     else:
-        stdout.print(key_value_table(f"calibrate {loaded.arch}", result))
+        stdout.print(key_value_table(f"calibrate {result['model']}", result))

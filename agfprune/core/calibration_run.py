@@ -1,0 +1,120 @@
+"""The `calibrate` command's driver: one request, validated before loading, one (possibly
+data-parallel) calibration pass, the file written by rank 0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agfprune.core.progress import SILENT, Progress
+
+
+@dataclass
+class CalibrateRequest:
+    """Everything `agfprune calibrate` needs."""
+
+    data: str
+    out: Path
+    model: str | None = None
+    checkpoint: Path | None = None
+    pretrained: bool = False
+    split: str = "train"
+    batches: int = 16
+    batch_size: int = 64
+    target: str = "labels"
+    micro_batch: int | None = None
+    workers: int = 0
+    img_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        """UsageError on bad options or an unwritable --out, before anything is loaded."""
+        from agfprune.core.atomic import check_writable
+        from agfprune.core.calibration import TARGETS
+        from agfprune.core.data import LoaderOptions
+        from agfprune.core.device import resolve_device
+        from agfprune.core.distributed import env_world_size
+        from agfprune.core.errors import UsageError
+
+        if self.batches <= 0:
+            raise UsageError(f"--batches {self.batches}: must be positive")
+        if self.target not in TARGETS:
+            raise UsageError(f"--target {self.target!r}: expected one of {', '.join(TARGETS)}")
+        if self.micro_batch is not None and self.micro_batch <= 0:
+            raise UsageError(f"--micro-batch {self.micro_batch}: must be positive")
+        if self.batches < env_world_size():
+            raise UsageError(f"--batches {self.batches}: fewer than the {env_world_size()} processes; "
+                             "give every process at least one batch")
+        LoaderOptions(batch_size=self.batch_size, workers=self.workers).validate()
+        resolve_device(self.device)
+        check_writable(self.out)
+
+
+def run_calibration(request: CalibrateRequest, progress: Progress = SILENT) -> dict[str, Any] | None:
+    """Calibrate and write `request.out`; returns the summary (None on ranks other than 0)."""
+    from agfprune.core.device import resolve_device
+    from agfprune.core.distributed import init_distributed, shutdown
+
+    request.validate()
+    context, device = init_distributed(resolve_device(request.device))
+    try:
+        return _run(request, context, device, progress if context.is_main else SILENT)
+    finally:
+        shutdown(context)
+
+
+def _run(request: CalibrateRequest, context: Any, device: Any, progress: Progress) -> dict[str, Any] | None:
+    from agfprune.core.calibration import calibrate, save_calibration
+    from agfprune.core.data import build_transform, calibration_loader, data_config_overrides, open_dataset
+    from agfprune.core.device import seed_everything
+    from agfprune.core.models import load_model
+
+    seed_everything(request.seed)
+    loaded = load_model(request.model, request.checkpoint, pretrained=request.pretrained, device=device)
+    data_config = data_config_overrides(loaded.data_config, request.img_size, request.mean, request.std)
+    dataset = open_dataset(request.data, request.split, build_transform(data_config))
+    loader = calibration_loader(dataset, batch_size=request.batch_size, batches=request.batches,
+                                seed=request.seed, workers=request.workers, rank=context.rank,
+                                world_size=context.world_size, device=device)
+    provenance = {
+        "model": loaded.arch,
+        "checkpoint": str(loaded.checkpoint.resolve()) if loaded.checkpoint else None,
+        "pretrained": bool(request.pretrained and loaded.checkpoint is None),
+        "timm_kwargs": loaded.timm_kwargs,
+        "input_size": list(data_config["input_size"]),
+        "mean": list(data_config["mean"]),
+        "std": list(data_config["std"]),
+        "data": str(request.data),
+        "split": request.split,
+        "data_count": len(dataset),  # type: ignore[arg-type]
+        "seed": request.seed,
+    }
+    progress.log(f"calibrating {loaded.arch} on {request.batches} batches of {request.batch_size} "
+                 f"from {request.data} ({request.split})"
+                 + (f" on {context.world_size} processes" if context.enabled else ""))
+    stats = calibrate(loaded.model, loader, device, batches=request.batches, target=request.target,
+                      progress=progress, amp=request.amp, metadata=provenance, micro_batch=request.micro_batch,
+                      context=context)
+    if not context.is_main:
+        return None
+    save_calibration(request.out, stats)
+    return {
+        "out": str(request.out),
+        "model": loaded.arch,
+        "fingerprint": stats.fingerprint,
+        "batches": stats.batches,
+        "samples": stats.samples,
+        "target": request.target,
+        "removal_sites": len(stats.out_abs) + len(stats.in_abs),
+        "input_norm_layers": len(stats.in_sq),
+        "parameters_with_gradients": len(stats.grad),
+        "device": str(device),
+        "processes": context.world_size,
+        "micro_batch": request.micro_batch,
+        "seconds": stats.metadata["seconds"],
+    }
