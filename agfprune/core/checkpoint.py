@@ -48,7 +48,8 @@ class CheckpointFile:
         return self.metadata.get("format") == FORMAT_NAME
 
 
-def _decode_metadata(raw: dict[str, str] | None) -> dict[str, Any]:
+def decode_metadata(raw: dict[str, str] | None) -> dict[str, Any]:
+    """String metadata (safetensors, ONNX) with JSON values decoded; other strings kept as they are."""
     decoded: dict[str, Any] = {}
     for key, value in (raw or {}).items():
         try:
@@ -73,7 +74,7 @@ def _read_safetensors(path: Path) -> CheckpointFile:
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = _decode_metadata(handle.metadata())
+            metadata = decode_metadata(handle.metadata())
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None

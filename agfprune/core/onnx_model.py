@@ -9,7 +9,6 @@ latency) treat it like a PyTorch model; the provenance `agfprune export` recorde
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -81,26 +80,17 @@ def _file_fingerprint(path: Path) -> str:
     return "file-sha256:" + digest.hexdigest()[:16]
 
 
-def _decoded(metadata: dict[str, str]) -> dict[str, Any]:
-    decoded: dict[str, Any] = {}
-    for key, value in metadata.items():
-        try:
-            decoded[key] = json.loads(value)
-        except ValueError:
-            decoded[key] = value
-    return decoded
-
-
 def load_onnx_model(path: str | Path, threads: int = 0, device: torch.device | None = None) -> Any:
     """A LoadedModel whose `.model` runs `path` in onnxruntime (data config from the file's metadata,
     else its static input shape and timm's defaults)."""
+    from agfprune.core.checkpoint import decode_metadata
     from agfprune.core.models import LoadedModel
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"ONNX file not found: {path}")
     module = OnnxModule(path, threads, device)
-    metadata = _decoded(dict(module.session.get_modelmeta().custom_metadata_map))
+    metadata = decode_metadata(dict(module.session.get_modelmeta().custom_metadata_map))
     data_config = dict(DEFAULT_DATA_CONFIG)
     recorded = metadata.get("data_config")
     if isinstance(recorded, dict):
