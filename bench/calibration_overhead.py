@@ -1,8 +1,10 @@
 """Cost of `calibrate` against a plain forward+backward over the same pre-decoded batches.
 
 Prints one JSON document: median seconds of each (interleaved repeats, after a warm-up batch), their
-ratio, and the peak memory of each measured in a fresh subprocess as the growth of the peak
-resident set (Linux /proc/self/status VmHWM minus VmRSS before the work; CUDA: max_memory_allocated).
+ratio (target ≤ 1.10), and the peak memory of each measured in a fresh subprocess as the growth of
+the peak resident set (Linux /proc/self/status VmHWM minus VmRSS before the work; CUDA:
+max_memory_allocated), with the ratio calibrate / plain (target ≤ 1.2). With --micro-batch M a third
+process calibrates in chunks of M images, to show the bound it gives.
 
     python bench/calibration_overhead.py \
         --checkpoint ../shared/models/resnet56-cifar10-jpeg.safetensors \
@@ -48,9 +50,13 @@ def _prepare(args: argparse.Namespace):
 
 
 def _plain(model, batches, device) -> None:
+    from agfprune.core.device import autocast
+
     model.eval()
     for images, labels in batches:
-        loss = F.cross_entropy(model(images), labels)
+        with autocast(device, device.type == "cuda"):  # calibrate runs AMP on CUDA too
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
         if not torch.isfinite(loss):
             raise RuntimeError("non-finite loss")
         loss.backward()
@@ -59,10 +65,10 @@ def _plain(model, batches, device) -> None:
         torch.cuda.synchronize()
 
 
-def _calibrate(model, batches, device) -> None:
+def _calibrate(model, batches, device, micro_batch=None) -> None:
     from agfprune.core.calibration import calibrate
 
-    calibrate(model, batches, device, batches=len(batches))
+    calibrate(model, batches, device, batches=len(batches), micro_batch=micro_batch, amp=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -73,8 +79,15 @@ def _worker(args: argparse.Namespace) -> None:
     _plain(loaded.model, batches[:1], device)  # warm up kernels and allocator alike for both modes
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    try:  # reset the peak RSS to the current RSS (Linux >= 4.0), so the warm-up's peak does not count
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
     before = _status_kib("VmRSS")
-    (_plain if args.worker == "plain" else _calibrate)(loaded.model, batches, device)
+    if args.worker == "plain":
+        _plain(loaded.model, batches, device)
+    else:
+        _calibrate(loaded.model, batches, device, args.micro_batch if args.worker == "calibrate-micro" else None)
     result = {"rss_before_mib": round(before / 1024, 1),
               "peak_rss_growth_mib": round((_status_kib("VmHWM") - before) / 1024, 1)}
     if device.type == "cuda":
@@ -82,9 +95,14 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def _memory_ratio(measured: dict, plain: dict) -> float:
+    key = "cuda_peak_allocated_mib" if "cuda_peak_allocated_mib" in plain else "peak_rss_growth_mib"
+    return round(measured[key] / max(plain[key], 1e-9), 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="cifar_resnet56")
+    parser.add_argument("--model", default=None, help="timm name (optional when the checkpoint records it)")
     parser.add_argument("--checkpoint", default="../shared/models/resnet56-cifar10-jpeg.safetensors")
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg")
     parser.add_argument("--batches", type=int, default=16)
@@ -94,7 +112,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (0: torch's default); 1 keeps CPU-time ratios stable on busy machines")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", choices=("plain", "calibrate"), help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch", type=int, default=None, help="also measure calibrate --micro-batch M")
+    parser.add_argument("--worker", choices=("plain", "calibrate", "calibrate-micro"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,7 +133,7 @@ def main() -> None:
             times[name].append(round(time.perf_counter() - started, 3))
             cpu_times[name].append(round(time.process_time() - started_cpu, 3))
     memory = {}
-    for name in ("plain", "calibrate"):
+    for name in ("plain", "calibrate") + (("calibrate-micro",) if args.micro_batch else ()):
         command = [sys.executable, __file__, "--worker", name] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("worker", "repeats") and v is not None]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -133,6 +152,8 @@ def main() -> None:
                          "(model and decoded batches already resident)"
                          + ("; CUDA: torch.cuda.max_memory_allocated" if device.type == "cuda" else ""),
         "memory": memory,
+        **{f"ratio_peak_memory_{name.replace('-', '_')}_over_plain": _memory_ratio(memory[name], memory["plain"])
+           for name in memory if name != "plain"},
     }, indent=2))
 
 

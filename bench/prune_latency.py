@@ -3,20 +3,23 @@
 Prints one JSON document:
 - "prune_time": per architecture of the prunability matrix (random weights, 32 px input,
   magnitude-l2, channel ratio 0.5): seconds of prune_model (graph trace, scoring, pruning, costs).
-- "latency": for ResNet-56 (the given checkpoint, else random weights) at each --ratios value:
-  median ms per batch of the dense and the pruned net (interleaved rounds, after warm-up, the
-  same thread count), their ratio, and the MACs ratio next to it.
+  `--archs` with no names skips it.
+- "latency": for each --checkpoint (default: the shared ResNet-56 and ViT) at each --ratios value
+  (magnitude-l2; latency does not depend on which channels go): median ms per batch of the dense
+  and the pruned net in PyTorch eager and, exported to ONNX, in onnxruntime, at each --batch-sizes
+  value, one thread (--threads) for both runtimes; dense and pruned interleaved round by round;
+  the speed-up next to the MACs ratio.
 
-    python bench/prune_latency.py --checkpoint ../shared/models/resnet56-cifar10-jpeg.safetensors \
-        --ratios 0.5 0.75 --batch-size 64 --repeats 20 --threads 1
+    python bench/prune_latency.py --archs --ratios 0.5 --batch-sizes 1 128 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -52,59 +55,82 @@ def prune_times(archs: list[str], ratio: float) -> dict[str, dict[str, float]]:
     return times
 
 
-@torch.no_grad()
-def _time_once(model: torch.nn.Module, batch: torch.Tensor) -> float:
-    started = time.perf_counter()
-    model(batch)
-    return (time.perf_counter() - started) * 1000.0
+def _onnx(loaded, folder: Path, name: str, threads: int):
+    from agfprune.core.export import export_model
+    from agfprune.core.onnx_model import OnnxModule
+
+    path = folder / f"{name}.onnx"
+    export_model(loaded, "onnx", path)
+    return OnnxModule(path, threads=threads)
 
 
-def latency(checkpoint: str | None, ratios: list[float], batch_size: int, repeats: int) -> list[dict]:
-    from agfprune.core.models import load_model
+def latency(checkpoints: list[str], ratios: list[float], batch_sizes: list[int], repeats: int,
+            threads: int, runtimes: list[str], device: torch.device) -> list[dict]:
+    from agfprune.core.evaluate import measure_latencies
+    from agfprune.core.models import LoadedModel, load_model
     from agfprune.core.pruning import PruneOptions, prune_model
 
-    torch.manual_seed(0)
-    loaded = load_model(None if checkpoint else "cifar_resnet56", checkpoint)
-    dense = loaded.model.eval()
-    batch = torch.randn(batch_size, *loaded.input_size)
+    cpu = torch.device("cpu")
     rows = []
-    for ratio in ratios:
-        result = prune_model(loaded, _scorer("magnitude-l2"), PruneOptions(ratio=ratio))
-        pruned = result.model.eval()
-        for _ in range(3):  # warm-up
-            _time_once(dense, batch), _time_once(pruned, batch)
-        dense_ms, pruned_ms = [], []
-        for _ in range(repeats):  # interleaved, so that load changes hit both alike
-            dense_ms.append(_time_once(dense, batch))
-            pruned_ms.append(_time_once(pruned, batch))
-        dense_median, pruned_median = statistics.median(dense_ms), statistics.median(pruned_ms)
-        rows.append({
-            "model": loaded.arch, "ratio": ratio, "batch_size": batch_size, "repeats": repeats,
-            "dense_ms": round(dense_median, 2), "pruned_ms": round(pruned_median, 2),
-            "latency_ratio": round(pruned_median / dense_median, 4),
-            "macs_ratio": round(result.record.macs_after / result.record.macs_before, 4),
-            "params_ratio": round(result.record.params_after / result.record.params_before, 4),
-            "speedup": round(dense_median / pruned_median, 3),
-        })
+    with tempfile.TemporaryDirectory() as folder:
+        for checkpoint in checkpoints:
+            torch.manual_seed(0)
+            loaded = load_model(checkpoint=checkpoint)
+            dense = loaded.model.eval()
+            dense_onnx = _onnx(loaded, Path(folder), "dense", threads) if "onnxruntime" in runtimes else None
+            for ratio in ratios:
+                result = prune_model(loaded, _scorer("magnitude-l2"), PruneOptions(ratio=ratio))
+                pruned = result.model.eval()
+                models = {}
+                if dense_onnx is not None:  # export first: exporting moves a model to the CPU
+                    pruned_loaded = LoadedModel(model=pruned, arch=loaded.arch, timm_kwargs=loaded.timm_kwargs,
+                                                data_config=loaded.data_config, fingerprint="pruned",
+                                                metadata={"structure": {"pruned": True}})
+                    models["onnxruntime"] = (dense_onnx, _onnx(pruned_loaded, Path(folder), f"pruned{ratio}", threads))
+                if "eager" in runtimes:
+                    models["eager"] = (dense.to(device), pruned.to(device))
+                for runtime, (dense_model, pruned_model) in models.items():
+                    where = device if runtime == "eager" else cpu  # onnxruntime: its CPU provider
+                    for batch_size in batch_sizes:
+                        # fewer timed rounds for big batches keeps the run short; medians either way
+                        count = max(5, repeats // 4) if batch_size >= 64 else repeats
+                        dense_ms, pruned_ms = measure_latencies(
+                            [(dense_model, where, False), (pruned_model, where, False)],
+                            [loaded.input_size] * 2, batch_size, warmup=2, repeats=count)
+                        rows.append({
+                            "model": loaded.arch, "checkpoint": checkpoint, "ratio": ratio, "runtime": runtime,
+                            "device": str(where),
+                            "batch_size": batch_size, "threads": threads, "repeats": count,
+                            "dense_ms": round(dense_ms, 3), "pruned_ms": round(pruned_ms, 3),
+                            "speedup": round(dense_ms / pruned_ms, 3),
+                            "latency_ratio": round(pruned_ms / dense_ms, 4),
+                            "macs_ratio": round(result.record.macs_after / result.record.macs_before, 4),
+                            "params_ratio": round(result.record.params_after / result.record.params_before, 4),
+                        })
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None, help="ResNet-56 checkpoint for the latency part")
+    parser.add_argument("--checkpoint", nargs="+", default=["../shared/models/resnet56-cifar10-jpeg.safetensors",
+                                                            "../shared/models/vit-small6-cifar10-jpeg.safetensors"],
+                        help="checkpoints for the latency part")
     parser.add_argument("--archs", nargs="*", default=list(MATRIX), help="architectures to time pruning on")
     parser.add_argument("--prune-ratio", type=float, default=0.5)
-    parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.75])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same for both nets)")
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.5])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 128])
+    parser.add_argument("--runtimes", nargs="+", default=["eager", "onnxruntime"], choices=["eager", "onnxruntime"])
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads, the same for every net and runtime")
+    parser.add_argument("--device", default="cpu", help="where the eager nets run (onnxruntime uses its CPU provider)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = {
         "threads": args.threads,
         "torch": torch.__version__,
         "prune_time": prune_times(args.archs, args.prune_ratio),
-        "latency": latency(args.checkpoint, args.ratios, args.batch_size, args.repeats),
+        "latency": latency(args.checkpoint, args.ratios, args.batch_sizes, args.repeats, args.threads,
+                           args.runtimes, torch.device(args.device)),
     }
     print(json.dumps(report, indent=2))
 
