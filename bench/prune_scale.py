@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP threads of both child processes (0: torch's default); 1 is steadier on a busy machine")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -81,9 +83,11 @@ def main() -> None:
     from agfprune.core.models import load_model
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     report: dict[str, object] = {"calib_batches": args.calib_batches, "batch_size": args.batch_size,
                                  "ratio": args.ratio, "device": args.device,
-                                 "torch_threads": torch.get_num_threads(), "archs": {}}
+                                 "threads": args.threads or torch.get_num_threads(), "archs": {}}
     with tempfile.TemporaryDirectory() as folder:
         for arch in args.archs:
             torch.manual_seed(0)
