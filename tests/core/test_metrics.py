@@ -151,3 +151,14 @@ def test_a_metric_drives_a_torch_pruning_pruner():
     pruner.step()
     assert model.layer1[0].conv1.out_channels == 12
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_default_reduction_and_normaliser_per_metric():
+    """Loss-unit metrics are summed and never rescaled per group; the others keep torch-pruning's
+    mean reduction and the normaliser measured best for global ranking (docs/pruning.md)."""
+    defaults = {name: (get_metric(name, stats=object()).group_reduction,  # type: ignore[arg-type]
+                       get_metric(name, stats=object()).normalizer) for name in ALL}  # type: ignore[arg-type]
+    assert defaults == {"agf": ("sum", "none"), "taylor": ("sum", "none"), "snip": ("sum", "none"),
+                        "magnitude-l1": ("mean", "mean"), "magnitude-l2": ("mean", "mean"),
+                        "bn-scale": ("mean", "mean"), "wanda": ("mean", "none"), "ria": ("mean", "mean"),
+                        "random": ("mean", "none")}

@@ -28,7 +28,7 @@ def compare_command(
                              "(ranked by utility per param/MAC freed; needs --target params|macs).")] = "local",
     normalizer: Annotated[Optional[str], typer.Option(
         "--normalizer", help="Per-group score scaling for every metric [default: each metric's own: none for "
-                             "agf/taylor/snip/random, mean otherwise].", show_default=False)] = None,
+                             "agf/taylor/snip/wanda/random, mean otherwise].", show_default=False)] = None,
     prune_heads: Annotated[bool, typer.Option(
         "--prune-heads", help="ViTs: remove whole attention heads (the ratio of each attention's heads) instead "
                               "of head dimensions; MLP neurons and the embedding follow --allocation.")] = False,

@@ -39,7 +39,7 @@ def prune_command(
                          "in raw loss units, other metrics after --normalizer.")] = False,
     normalizer: Annotated[Optional[str], typer.Option(
         "--normalizer", help="Per-group score scaling before global ranking: none, mean, max, sum, standardization "
-                             "or gaussian [default: none for agf/taylor/snip/random, mean otherwise].",
+                             "or gaussian [default: none for agf/taylor/snip/wanda/random, mean otherwise].",
         show_default=False)] = None,
     cost_aware: Annotated[bool, typer.Option(
         "--cost-aware", help="With --global and --target params|macs: rank by utility per parameter (MAC) a "

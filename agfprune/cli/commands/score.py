@@ -24,7 +24,7 @@ def score_command(
         "[default: sum for agf/taylor/snip (loss units), mean otherwise].", show_default=False)] = None,
     normalizer: Annotated[Optional[str], typer.Option(
         "--normalizer", help="Per-group scaling: mean, max, sum, standardization, gaussian or none "
-        "[default: none for agf/taylor/snip/random (comparable across groups), mean otherwise].",
+        "[default: none for agf/taylor/snip/wanda/random (comparable across groups), mean otherwise].",
         show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output scores file (.json).")] = None,
     img_size: o.ImgSizeOpt = None,
