@@ -6,6 +6,7 @@ command module imports only Typer at top level, so `agfprune --help` starts fast
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
@@ -96,8 +97,13 @@ def _on_sigterm(signum, frame):  # noqa: ANN001 - signal handler signature
     raise _Terminated()
 
 
+def _one_line(message: str) -> str:
+    """Control characters (a newline inside a file's key or a path) escaped, so the error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"agfprune: error: {message}\n")
+    sys.stderr.write(f"agfprune: error: {_one_line(message)}\n")
     sys.stderr.flush()
     return code
 
@@ -158,12 +164,52 @@ def run(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+class _InterruptWatch:
+    """Remembers any Ctrl-C of the process, so that one a library swallowed, or one arriving after the
+    results were printed (while flushing or tearing down), still ends the process with exit 130.
+
+    Installed only where SIGINT has its normal handler: a process started with SIGINT ignored (a
+    background job of a non-interactive shell, `nohup`) keeps ignoring it, as its parent asked.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.reported = False
+        self.installed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if self.installed:
+            signal.signal(signal.SIGINT, self._while_running)
+
+    def _while_running(self, signum, frame):  # noqa: ANN001 - signal handler signature
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def _after_results(self, signum, frame):  # noqa: ANN001 - signal handler signature
+        self.seen = True
+
+    def finish(self, code: int) -> int:
+        """From now on only record Ctrl-C; the exit code is 130 if one came at any time."""
+        if self.installed:
+            signal.signal(signal.SIGINT, self._after_results)
+        if self.seen and code != EXIT_INTERRUPTED:
+            return _fail("interrupted", EXIT_INTERRUPTED)
+        return code
+
+
 def main() -> None:
     """Console-script entry point."""
-    code = run()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            # a file name that is not UTF-8 is printed as its original bytes, not as an encoding error
+            stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    watch = _InterruptWatch()
+    try:
+        code = run()
+    except KeyboardInterrupt:  # between the handlers of run() and here
+        code = _fail("interrupted", EXIT_INTERRUPTED)
+    code = watch.finish(code)
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # `agfprune ... | head` closed the pipe: not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(code)
+    sys.exit(watch.finish(code))

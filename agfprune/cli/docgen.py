@@ -27,7 +27,20 @@ Generated from the CLI by `python -m agfprune.cli.docgen > docs/cli.md`; do not 
   Unknown keys in a command's own section are an error. Keys use the option names with `_` or `-`
   (`batch_size` or `batch-size`); options given on the command line win.
 - Bad input never costs a file: options are validated and output locations checked before any model or
-  data is loaded, and a refused command creates, changes or deletes nothing.
+  data is loaded, and a refused command creates, changes or deletes nothing. An output that resolves
+  (through symlinks, `..` or a hard link) to one of the command's inputs or to another of its outputs is
+  refused (exit 2): `prune --out` equal to `--checkpoint`, `finetune --log` equal to `--out`, and so on.
+- Input files are opened only when they are regular files (a named pipe, device or socket is refused,
+  never waited on); YAML (`--config`, `router.yaml`) is read without aliases (`*name`), and files larger
+  than agfprune's own artefacts can be are refused.
+- A full disk, a file size limit or a file name longer than the filesystem allows is exit 6; the previous
+  file under the target name is left as it was. File names that are not UTF-8 are kept byte for byte.
+- An image that cannot be decoded (empty, truncated, not an image, a dangling symlink, a named pipe, more
+  pixels than PIL's decompression-bomb limit) is exit 3 naming the file; `--skip-bad-images` decodes every
+  image once up front and leaves the unreadable ones out (`eval` and `calibrate` report `skipped_images`).
+  Symlinked folders are followed, each real folder once.
+- Ctrl-C arriving after the results were printed still exits 130. A process started with SIGINT ignored
+  (a background job of a non-interactive shell, `nohup`) keeps ignoring it, as its parent asked.
 - Every file a command writes is written to a hidden temporary name in the target folder
   (`.NAME.PID.XXXXXXXX.tmp`) and renamed when complete, so the target name only ever holds a complete
   file. Ctrl-C (exit 130) and SIGTERM (exit 143) remove the temporary file and leave the previous file (if
@@ -42,13 +55,19 @@ Generated from the CLI by `python -m agfprune.cli.docgen > docs/cli.md`; do not 
 ## File formats
 
 Every artefact records a format name and version, and the fingerprint (SHA-256 prefix of the weights) of
-the model it was made from or for; readers check both and explain a mismatch (exit 4). Checkpoints are
+the model it was made from or for; readers check both and explain a mismatch (exit 4). Each reader checks
+every field it uses against its format's schema (`agfprune/core/formats.py`) before acting on it: a
+damaged or hand-edited file is exit 4 naming the field (`field 'metrics.agf.groups[3].scores' must be a
+list of numbers`). Checkpoint metadata is sealed by `metadata_fingerprint` (a hash of every other metadata
+entry, including the tensors' `fingerprint`); `timm_kwargs` may hold only keys agfprune passes to timm
+(no `pretrained`, `checkpoint_path`...), each size bounded (e.g. `depth` ≤ 256, `img_size` ≤ 4096), and a
+model over 2·10⁹ parameters is refused before it is built. Checkpoints are
 read without executing code: safetensors, or `.pth/.pt/.th/.bin/.ckpt` with `torch.load(weights_only=True)`;
 a pickle that needs code to load is refused (exit 4).
 
 | artefact | written by | format (version key) | integrity check | reference |
 |---|---|---|---|---|
-| checkpoint (dense, pruned, finetuned best/last) `.safetensors` | `prune`, `finetune`, `export --format safetensors` | `agfprune-checkpoint` (`format_version` 1) | `fingerprint` of the tensors, verified on every read (a modified file is refused); pruned ones record `structure` and the pruning record with `base_fingerprint`, finetuned ones a `finetune` entry with the source fingerprint | [pruning.md](pruning.md), [finetune.md](finetune.md) |
+| checkpoint (dense, pruned, finetuned best/last) `.safetensors` | `prune`, `finetune`, `export --format safetensors` | `agfprune-checkpoint` (`format_version` 1) | `fingerprint` of the tensors and `metadata_fingerprint` of the metadata, verified on every read (a modified file is refused); pruned ones record `structure` and the pruning record with `base_fingerprint`, finetuned ones a `finetune` entry with the source fingerprint | [pruning.md](pruning.md), [finetune.md](finetune.md) |
 | calibration `.safetensors` | `calibrate` | `agfprune-calibration` (`format_version` 1) | `fingerprint` of the calibrated weights: `score` and `prune --calib` refuse it for other weights | [scores-schema.md](scores-schema.md) |
 | scores `.json` | `score` | `agfprune-scores` (`version` 1) | `model.fingerprint`: `prune --scores` refuses other weights, groups that do not fit, and missing or non-finite scores | [scores-schema.md](scores-schema.md) |
 | finetune state `NAME.state.pt` | `finetune` | `agfprune-finetune-state` (`version` 2), tensors and plain values only | `run_fingerprint` (source weights + recipe): `--resume` refuses another run's state, and a state of another version | [finetune.md](finetune.md) |

@@ -31,16 +31,15 @@ def _load_config(ctx: typer.Context, param: Any, value: Optional[Path]) -> Optio
         return value
     import yaml
 
+    from agfprune.core.formats import load_yaml, read_text
+
+    text = read_text(value, "--config file", UsageError, limit=1 << 20)
     try:
-        data = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise UsageError(f"--config {value}: file not found") from None
-    except IsADirectoryError:
-        raise UsageError(f"--config {value}: is a folder, expected a YAML file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--config {value}: not a UTF-8 text file") from None
-    except (OSError, yaml.YAMLError) as exc:
+        data = load_yaml(text) or {}
+    except yaml.YAMLError as exc:
         raise UsageError(f"--config {value}: not valid YAML ({first_line(exc)})") from None
+    except RecursionError:  # thousands of nested brackets
+        raise UsageError(f"--config {value}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config {value}: expected a mapping of option names to values")
     valid = {p.name for p in ctx.command.params if p.name}
@@ -92,6 +91,9 @@ LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use a seeded r
 ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", help="Override the input size (pixels).")]
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Override normalisation mean, e.g. 0.5,0.5,0.5.")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Override normalisation std, e.g. 0.5,0.5,0.5.")]
+SkipBadImagesOpt = Annotated[bool, typer.Option(
+    "--skip-bad-images", help="Leave out (and count) image files that cannot be decoded, instead of stopping "
+                              "with exit 3; every image is decoded once up front to find them.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines on stderr.")]
 AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (ignored on CPU).")]

@@ -447,11 +447,11 @@ def load_calibration(path: str | Path) -> CalibrationStats:
     """Read a file written by save_calibration; ModelError when it is not one."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"calibration file not found: {path}")
+    from agfprune.core.formats import require_regular_file, utf8_path
+
+    path = require_regular_file(path, "calibration file")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        with utf8_path(path) as name, safe_open(name, framework="pt", device="cpu") as handle:
             raw = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -462,21 +462,14 @@ def load_calibration(path: str | Path) -> CalibrationStats:
             metadata[key] = json.loads(value)
         except ValueError:
             metadata[key] = value
-    if metadata.get("format") != FORMAT_NAME:
-        raise ModelError(f"{path}: not an agfprune calibration file (run `agfprune calibrate`)")
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{path}: calibration format {metadata['format_version']} is newer than this "
-                         f"agfprune supports ({FORMAT_VERSION}); upgrade agfprune")
-    if int(metadata.get("format_version", 0)) < FORMAT_VERSION:
-        raise ModelError(f"{path}: calibration format {metadata.get('format_version')} measured AGF at every "
-                         "layer output, not at removal sites; rerun `agfprune calibrate`")
+    counts = _check_calibration_file(metadata, tensors, path)
     stats = CalibrationStats()
     for key, value in tensors.items():
         kind, _, name = key.partition("/")
         if kind in _KINDS:
             getattr(stats, kind)[name] = value
-    stats.counts = {k: {n: int(c) for n, c in v.items()}
-                    for k, v in (metadata.pop("counts", None) or {"out": {}, "in": {}, "in_sq": {}}).items()}
+    metadata.pop("counts", None)
+    stats.counts = counts
     for side in ("out", "in", "in_sq"):
         stats.counts.setdefault(side, {})
     stats.samples = int(metadata.get("samples", 0))
@@ -484,6 +477,40 @@ def load_calibration(path: str | Path) -> CalibrationStats:
     metadata["path"] = str(path)
     stats.metadata = metadata
     return stats
+
+
+def _check_calibration_file(metadata: dict[str, Any], tensors: Mapping[str, torch.Tensor],
+                            path: Path) -> dict[str, dict[str, int]]:
+    """The header, the counts and the fields later steps act on; every tensor floating-point and finite.
+    Returns the counts (kind -> module -> number of summed positions)."""
+    from agfprune.core.formats import Fields, check_header, check_integer
+
+    version = check_header(metadata, path, FORMAT_NAME, FORMAT_VERSION, what="calibration file",
+                           hint=" (run `agfprune calibrate`)")
+    if version < FORMAT_VERSION:
+        raise ModelError(f"{path}: calibration format {version} measured AGF at every layer output, not at "
+                         "removal sites; rerun `agfprune calibrate`")
+    fields = Fields(metadata, path)
+    counts = fields.mapping("counts", required=False)
+    for kind, per_module in counts.items():
+        section = fields.section("counts").section(str(kind))
+        for module, count in per_module.items():
+            check_integer(count, 0, None, lambda: section.fail(str(module), "an integer ≥ 0", count))
+    fields.integer("samples", minimum=0, required=False)
+    fields.integer("batches", minimum=0, required=False)
+    fields.integer("batch_size", minimum=1, required=False)
+    fields.integer("seed", minimum=-(2**63), maximum=2**63 - 1, required=False)
+    fields.string("fingerprint", required=False)
+    fields.string("model", required=False)
+    fields.string("checkpoint", required=False)
+    fields.boolean("pretrained", required=False)
+    fields.mapping("timm_kwargs", required=False)
+    fields.input_size(required=False)
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{path}: tensor '{key}' must hold finite floating-point sums")
+    return {str(kind): {str(module): int(count) for module, count in per_module.items()}
+            for kind, per_module in counts.items()}
 
 
 def check_matches(stats: CalibrationStats, loaded_model: Any) -> None:

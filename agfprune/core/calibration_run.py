@@ -31,10 +31,11 @@ class CalibrateRequest:
     device: str = "auto"
     amp: bool = False
     seed: int = 0
+    skip_bad_images: bool = False
 
     def validate(self) -> None:
         """UsageError on bad options or an unwritable --out, before anything is loaded."""
-        from agfprune.core.atomic import check_writable
+        from agfprune.core.atomic import check_outputs
         from agfprune.core.calibration import TARGETS
         from agfprune.core.data import LoaderOptions
         from agfprune.core.device import resolve_device
@@ -52,7 +53,7 @@ class CalibrateRequest:
                              "give every process at least one batch")
         LoaderOptions(batch_size=self.batch_size, workers=self.workers).validate()
         resolve_device(self.device)
-        check_writable(self.out)
+        check_outputs({"--out": self.out}, {"--checkpoint": self.checkpoint, "--data": self.data})
 
 
 def run_calibration(request: CalibrateRequest, progress: Progress = SILENT) -> dict[str, Any] | None:
@@ -70,14 +71,15 @@ def run_calibration(request: CalibrateRequest, progress: Progress = SILENT) -> d
 
 def _run(request: CalibrateRequest, context: Any, device: Any, progress: Progress) -> dict[str, Any] | None:
     from agfprune.core.calibration import calibrate, save_calibration
-    from agfprune.core.data import build_transform, calibration_loader, data_config_overrides, open_dataset
+    from agfprune.core.data import (build_transform, calibration_loader, data_config_overrides, open_dataset,
+                                    skipped_images)
     from agfprune.core.device import seed_everything
     from agfprune.core.models import load_model
 
     seed_everything(request.seed)
     loaded = load_model(request.model, request.checkpoint, pretrained=request.pretrained, device=device)
     data_config = data_config_overrides(loaded.data_config, request.img_size, request.mean, request.std)
-    dataset = open_dataset(request.data, request.split, build_transform(data_config))
+    dataset = open_dataset(request.data, request.split, build_transform(data_config), request.skip_bad_images)
     loader = calibration_loader(dataset, batch_size=request.batch_size, batches=request.batches,
                                 seed=request.seed, workers=request.workers, rank=context.rank,
                                 world_size=context.world_size, device=device)
@@ -92,6 +94,7 @@ def _run(request: CalibrateRequest, context: Any, device: Any, progress: Progres
         "data": str(request.data),
         "split": request.split,
         "data_count": len(dataset),  # type: ignore[arg-type]
+        **({"skipped_images": len(skipped_images(dataset))} if request.skip_bad_images else {}),
         "seed": request.seed,
     }
     progress.log(f"calibrating {loaded.arch} on {request.batches} batches of {request.batch_size} "
@@ -109,6 +112,7 @@ def _run(request: CalibrateRequest, context: Any, device: Any, progress: Progres
         "fingerprint": stats.fingerprint,
         "batches": stats.batches,
         "samples": stats.samples,
+        **({"skipped_images": provenance["skipped_images"]} if request.skip_bad_images else {}),
         "target": request.target,
         "removal_sites": len(stats.out_abs) + len(stats.in_abs),
         "input_norm_layers": len(stats.in_sq),

@@ -22,7 +22,9 @@ import torch.nn as nn
 from agfprune import __version__
 from agfprune.core.atomic import atomic_path
 from agfprune.core.errors import ModelError, first_line
-from agfprune.core.fingerprint import state_fingerprint
+from agfprune.core.formats import (Fields, check_data_config, check_header, check_timm_kwargs,
+                                   require_regular_file, utf8_path)
+from agfprune.core.fingerprint import METADATA_FINGERPRINT_KEY, metadata_fingerprint, state_fingerprint
 
 FORMAT_NAME = "agfprune-checkpoint"
 FORMAT_VERSION = 1
@@ -38,6 +40,7 @@ class CheckpointFile:
     path: Path
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
+    stored_metadata: dict[str, str] = field(default_factory=dict)  # as in the file, before JSON decoding
 
     @property
     def arch(self) -> str | None:
@@ -73,12 +76,12 @@ def _read_safetensors(path: Path) -> CheckpointFile:
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = decode_metadata(handle.metadata())
+        with utf8_path(path) as name, safe_open(name, framework="pt", device="cpu") as handle:
+            stored = dict(handle.metadata() or {})
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
-    return CheckpointFile(path, _strip_prefixes(tensors), metadata)
+    return CheckpointFile(path, _strip_prefixes(tensors), decode_metadata(stored), stored)
 
 
 def _read_torch(path: Path) -> CheckpointFile:
@@ -120,11 +123,7 @@ def _unpickling_detail(exc: BaseException) -> str:
 
 def read_checkpoint(path: str | Path) -> CheckpointFile:
     """Read a checkpoint's tensors and metadata; verify agfprune checkpoints' fingerprints."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise ModelError(f"checkpoint is a folder, expected a file: {path}")
+    path = require_regular_file(path, "checkpoint")
     if path.suffix == ".safetensors":
         checkpoint = _read_safetensors(path)
     elif path.suffix in TORCH_SUFFIXES:
@@ -132,16 +131,47 @@ def read_checkpoint(path: str | Path) -> CheckpointFile:
     else:
         raise ModelError(f"{path}: unknown checkpoint type {path.suffix!r} "
                          f"(expected .safetensors or {', '.join(sorted(TORCH_SUFFIXES))})")
-    expected = checkpoint.metadata.get("fingerprint")
-    if checkpoint.is_agfprune and expected:
-        actual = state_fingerprint(checkpoint.tensors)
-        if actual != expected:
-            raise ModelError(f"{path}: tensors do not match the recorded fingerprint "
-                             f"({actual} != {expected}); the file was modified or damaged")
-    if checkpoint.is_agfprune and int(checkpoint.metadata.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{path}: checkpoint format version {checkpoint.metadata['format_version']} "
-                         f"is newer than this agfprune supports ({FORMAT_VERSION}); upgrade agfprune")
+    check_metadata(checkpoint)
     return checkpoint
+
+
+def check_metadata(checkpoint: CheckpointFile) -> None:
+    """Refuse (ModelError naming the field) metadata that is damaged, edited, or asks for absurd sizes.
+
+    agfprune checkpoints: header, metadata fingerprint (when recorded: every file since it was added),
+    tensor fingerprint, structure. Any checkpoint: the architecture name, `timm_kwargs` (known keys,
+    bounded sizes) and `data_config`, because the model is built from them before any weight is read.
+    """
+    path, metadata = checkpoint.path, checkpoint.metadata
+    fields = Fields(metadata, path)
+    if checkpoint.is_agfprune:
+        check_header(metadata, path, FORMAT_NAME, FORMAT_VERSION, what="checkpoint")
+        recorded = metadata.get(METADATA_FINGERPRINT_KEY)
+        if recorded is not None:
+            actual = metadata_fingerprint(checkpoint.stored_metadata)
+            if actual != recorded:
+                raise ModelError(f"{path}: metadata does not match the recorded metadata fingerprint "
+                                 f"({actual} != {recorded}); the file was modified or damaged")
+        expected = fields.string("fingerprint", required=False)
+        if expected:
+            actual = state_fingerprint(checkpoint.tensors)
+            if actual != expected:
+                raise ModelError(f"{path}: tensors do not match the recorded fingerprint "
+                                 f"({actual} != {expected}); the file was modified or damaged")
+        structure = fields.section("structure", required=False)
+        for module in structure.document:
+            changes = structure.section(str(module))
+            for attr, value in changes.document.items():
+                plain = isinstance(value, _SCALAR_TYPES) or (
+                    isinstance(value, list) and all(isinstance(v, (int, float)) for v in value))
+                if not plain or str(attr).startswith("_"):
+                    raise changes.fail(str(attr), "a number, string or list of numbers", value)
+    for key in ("timm_model", "arch"):
+        fields.string(key, required=False)
+    if metadata.get("timm_kwargs") is not None:
+        check_timm_kwargs(metadata["timm_kwargs"], path)
+    if metadata.get("data_config") is not None:
+        check_data_config(metadata["data_config"], path)
 
 
 _SCALAR_TYPES = (int, float, bool, str, type(None))
@@ -235,7 +265,10 @@ def _plain_string(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     try:
+        value.encode("utf-8")  # a path that is not UTF-8 is stored JSON-escaped, and read back exactly
         json.loads(value)
+    except UnicodeEncodeError:
+        return False
     except ValueError:
         return True
     return False
@@ -261,7 +294,9 @@ def write_checkpoint(path: str | Path, model: nn.Module, *, arch: str, timm_kwar
     }
     for key, value in (extra or {}).items():
         metadata.setdefault(key, value)
-    encoded = {k: v if _plain_string(v) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    encoded = {k: v if _plain_string(v) else json.dumps(v, sort_keys=True) for k, v in metadata.items()
+               if k != METADATA_FINGERPRINT_KEY}
+    encoded[METADATA_FINGERPRINT_KEY] = json.dumps(metadata_fingerprint(encoded))
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=encoded)
     return fingerprint

@@ -49,6 +49,8 @@ SCRATCH = "scratch"  # the metric name of from-scratch baseline cells
 KD_ALPHA, KD_TEMPERATURE = 0.5, 4.0  # --finetune-teacher: half cross-entropy, half distillation at T = 4
 FINETUNE_PIPELINE = "tensor-1"  # bumped when the finetune loop changes what a cell computes
 POLL_SECONDS = 2.0  # rank 0 looks for the other ranks' cell files this often
+# the files a run writes in its --out folder (besides cells/*.json)
+COMPARE_FILES = ("results.json", "results.md", "accuracy.png", "timings.json")
 
 
 @dataclass

@@ -5,6 +5,9 @@ Transforms come from the model's timm data config; nothing here knows about mode
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +18,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from agfprune.core.errors import DataError, UsageError, first_line
+from agfprune.core.formats import require_regular_file
 
+MAX_CLASSES = 100_000  # more than any public classification data set (ImageNet-21k has 21,843)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "test")}
 
@@ -59,13 +64,16 @@ def load_npz(path: Path, transform: Callable | None = None) -> ArrayDataset:
         raise DataError(f"{path}: 'labels' must be {len(images)} integers, got {labels.dtype} {labels.shape}")
     if len(images) == 0:
         raise DataError(f"{path}: contains no images")
-    if labels.min() < 0:
-        raise DataError(f"{path}: labels must be non-negative")
+    # before anything is sized by the largest label (the class list, a one-hot...), and before the
+    # int64 cast that would wrap uint64 labels ≥ 2^63 to negative ones
+    if labels.min() < 0 or labels.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: labels must be class indices in [0, {MAX_CLASSES}), found "
+                        f"{int(labels.min())}..{int(labels.max())}")
     return ArrayDataset(images, labels, transform)
 
 
 def _has_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
 
 
 def resolve_image_root(path: Path, split: str) -> Path:
@@ -77,23 +85,111 @@ def resolve_image_root(path: Path, split: str) -> Path:
     return path
 
 
-def load_image_folder(path: Path, split: str, transform: Callable | None = None) -> Dataset:
-    from torchvision.datasets import ImageFolder
+def read_image(path: str) -> Image.Image:
+    """Decode one image file completely as RGB; DataError naming the file when it cannot be.
 
+    Non-regular files (a named pipe would block open() forever), dangling symlinks, empty, truncated or
+    foreign files, and decompression bombs (PIL's pixel limit, which only warns below twice the
+    limit: here that is an error too) all end up here."""
+    import warnings
+
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path}: not a regular file (a named pipe, device or socket), not an image")
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(handle)
+            return image.convert("RGB")
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+            MemoryError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc, 120)
+        raise DataError(f"{path}: not a readable image ({detail}); remove it or pass --skip-bad-images") from None
+
+
+def _walk_images(class_dir: str) -> Iterator[str]:
+    """Image paths under one class folder, following symlinked folders but each real folder once, so
+    that a symlink loop does not turn 6 images into 126."""
+    seen: set[tuple[int, int]] = set()
+    pending = [class_dir]
+    while pending:
+        folder = pending.pop()
+        try:
+            info = os.stat(folder)
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            continue  # a dangling or looping folder link: nothing in it to read
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_folder = entry.is_dir()
+            except OSError:
+                is_folder = False
+            if is_folder:
+                pending.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+                yield entry.path
+
+
+class ImageFolderSet(Dataset):
+    """An ImageFolder tree: one folder per class (sorted names), images found loop-safely, decoded by
+    `read_image`. With `skip_bad_images`, every file is decoded once up front and unreadable ones are
+    left out and counted (`skipped`) instead of stopping the command."""
+
+    def __init__(self, root: Path, transform: Callable | None = None, skip_bad_images: bool = False) -> None:
+        self.root = root
+        self.transform = transform
+        self.loader = read_image  # cache_decoded() wraps this
+        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        self.samples = [(path, index) for name, index in self.class_to_idx.items()
+                        for path in sorted(_walk_images(os.path.join(root, name)))]
+        self.skipped: list[str] = []
+        if skip_bad_images:
+            readable = []
+            for path, index in self.samples:
+                try:
+                    read_image(path)
+                    readable.append((path, index))
+                except DataError:
+                    self.skipped.append(path)
+            self.samples = readable
+        self.targets = [index for _, index in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        image = self.loader(path)
+        return (self.transform(image) if self.transform else image), target
+
+
+def load_image_folder(path: Path, split: str, transform: Callable | None = None,
+                      skip_bad_images: bool = False) -> Dataset:
     root = resolve_image_root(path, split)
     class_dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if not class_dirs:
         hint = " (images must sit in one folder per class)" if _has_images(root) else ""
         raise DataError(f"{root}: no class folders found{hint}")
-    try:
-        dataset = ImageFolder(str(root), transform=transform)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{root}: no images found ({first_line(exc)})") from None
+    dataset = ImageFolderSet(root, transform, skip_bad_images)
+    empty = [name for index, name in enumerate(dataset.classes) if index not in set(dataset.targets)]
+    if empty:
+        raise DataError(f"{root}: no images found in class folder(s) {', '.join(empty[:5])} "
+                        f"(supported: {', '.join(IMAGE_SUFFIXES)})")
     return dataset
 
 
-def open_dataset(path: str | Path, split: str = "val", transform: Callable | None = None) -> Dataset:
-    """Open a data set from an ImageFolder tree or an .npz file; `split` picks train/ or val/."""
+def open_dataset(path: str | Path, split: str = "val", transform: Callable | None = None,
+                 skip_bad_images: bool = False) -> Dataset:
+    """Open a data set from an ImageFolder tree or an .npz file; `split` picks train/ or val/.
+    `skip_bad_images` leaves out (and counts, in `.skipped`) image files that cannot be decoded."""
     from agfprune.core.synthetic import make_synthetic
 
     text = str(path)
@@ -104,11 +200,11 @@ def open_dataset(path: str | Path, split: str = "val", transform: Callable | Non
     path = Path(path)
     if not path.exists():
         raise DataError(f"data not found: {path}")
-    if path.is_file():
+    if not path.is_dir():
         if path.suffix != ".npz":
             raise DataError(f"{path}: expected an ImageFolder directory or an .npz file")
-        return load_npz(path, transform)
-    return load_image_folder(path, split, transform)
+        return load_npz(require_regular_file(path, ".npz data file", DataError), transform)
+    return load_image_folder(path, split, transform, skip_bad_images)
 
 
 def _parse_synthetic(text: str) -> int:
@@ -181,6 +277,7 @@ class LoaderOptions:
     seed: int = 0
     shuffle: bool = False
     drop_last: bool = False
+    skip_bad_images: bool = False  # read by whoever opens the data set (open_dataset)
 
     def validate(self) -> None:
         if self.batch_size <= 0:
@@ -237,6 +334,13 @@ def calibration_loader(dataset: Dataset, *, batch_size: int, batches: int, seed:
     sampler = SeededBatches(len(dataset), batch_size, batches, seed, rank, world_size)  # type: ignore[arg-type]
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                       pin_memory=bool(device is not None and device.type == "cuda"))
+
+
+def skipped_images(dataset: Dataset) -> list[str]:
+    """Image files left out as unreadable (open_dataset(..., skip_bad_images=True))."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return list(getattr(dataset, "skipped", []))
 
 
 def dataset_classes(dataset: Dataset) -> int:

@@ -13,8 +13,19 @@ class AgfpruneError(Exception):
     exit_code = 1
 
     def __init__(self, message: str) -> None:
+        message = _original_message(message)
         super().__init__(message)
         self.message = message
+
+
+def _original_message(message: str) -> str:
+    """A DataLoader worker's error reaches the main process rebuilt by torch as `Caught DataError in
+    DataLoader worker process 0. Original Traceback ...: <message>`; keep the message only."""
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    name, separator, text = last.partition(": ")
+    return text if separator and name.rsplit(".", 1)[-1].endswith("Error") else last
 
 
 class UsageError(AgfpruneError):

@@ -167,6 +167,7 @@ class EvalRequest:
     device: str = "auto"
     amp: bool = True
     seed: int = 0
+    skip_bad_images: bool = False
 
     def validate(self) -> torch.device:
         """UsageError on bad options; returns the device to run on."""
@@ -197,6 +198,7 @@ class _Evaluated:
     data_config: dict
     accuracy: Accuracy | None = None
     cost: ModelCost | None = None
+    skipped: int = 0  # unreadable images left out (--skip-bad-images)
 
 
 def _load_for_eval(request: EvalRequest, model: str | None, checkpoint: str | None, pretrained: bool,
@@ -227,7 +229,7 @@ def _speed_wording(speedup: float) -> str:
 def run_eval(request: EvalRequest, progress: Progress = SILENT) -> dict:
     """Accuracy, loss, params, MACs and median batch latency of a checkpoint or an .onnx file; with
     `compare_to`, the same for that (dense) model, latencies timed interleaved, and their ratios."""
-    from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
+    from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset, skipped_images
     from agfprune.core.device import seed_everything
 
     device = request.validate()
@@ -240,7 +242,8 @@ def run_eval(request: EvalRequest, progress: Progress = SILENT) -> dict:
         if request.compare_to is not None:
             subjects.append(_load_for_eval(request, None, request.compare_to, False, device))
         for subject in subjects:
-            dataset = open_dataset(request.data, "val", build_transform(subject.data_config))
+            dataset = open_dataset(request.data, "val", build_transform(subject.data_config), request.skip_bad_images)
+            subject.skipped = len(skipped_images(dataset))
             loader = make_loader(dataset, LoaderOptions(batch_size=request.batch_size, workers=request.workers,
                                                         limit=request.limit, seed=request.seed), device)
             subject.accuracy = evaluate_accuracy(subject.loaded.model, loader, subject.device,
@@ -273,6 +276,7 @@ def _report(request: EvalRequest, subject: _Evaluated, latency: float | None) ->
         "runtime": subject.runtime,
         "data": str(request.data),
         "samples": accuracy.samples,
+        **({"skipped_images": subject.skipped} if request.skip_bad_images else {}),
         "top1": round(accuracy.top1, 4),
         "top5": round(accuracy.top5, 4),
         "loss": round(accuracy.loss, 6),

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from agfprune.core.atomic import atomic_path, check_writable
+from agfprune.core.atomic import atomic_path, check_outputs
 from agfprune.core.errors import ModelError, NumericalError, UsageError
 from agfprune.core.models import LoadedModel
 from agfprune.core.progress import SILENT, Progress
@@ -189,7 +189,8 @@ def _export_safetensors(loaded_model: LoadedModel, tmp: Path) -> tuple[Callable[
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 
 
-def check_export_request(fmt: str, out: str | Path, *, batch_size: int = 2, opset: int | None = None,
+def check_export_request(fmt: str, out: str | Path, *, source: str | Path | None = None, batch_size: int = 2,
+                         opset: int | None = None,
                          torchscript_mode: str = "trace") -> None:
     """Refuse bad options and an unwritable `out` before any model is loaded."""
     if fmt not in FORMATS:
@@ -202,14 +203,15 @@ def check_export_request(fmt: str, out: str | Path, *, batch_size: int = 2, opse
         raise UsageError(f"--torchscript-mode {torchscript_mode!r}: expected trace or script")
     if fmt == "onnx":
         _require("onnx"), _require("onnxruntime")
-    check_writable(out)
+    check_outputs({"--out": out}, {"CHECKPOINT": source})
 
 
 def export_model(loaded: LoadedModel, fmt: str, out: str | Path, *, batch_size: int = 2,
                  opset: int | None = None, torchscript_mode: str = "trace", tolerance: float = TOLERANCE,
                  seed: int = 0, progress: Progress = SILENT) -> ExportReport:
     """Export `loaded.model` to `out` in `fmt`, verified against PyTorch (max abs diff ≤ tolerance)."""
-    check_export_request(fmt, out, batch_size=batch_size, opset=opset, torchscript_mode=torchscript_mode)
+    check_export_request(fmt, out, source=loaded.checkpoint, batch_size=batch_size, opset=opset,
+                         torchscript_mode=torchscript_mode)
     out = Path(out)
     model = loaded.model.to("cpu").float().eval()
     inputs = sample_inputs(tuple(loaded.input_size), batch_size, seed)

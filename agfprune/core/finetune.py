@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from agfprune.core.atomic import atomic_path, check_writable, write_text_atomic
+from agfprune.core.atomic import atomic_path, check_outputs, write_text_atomic
 from agfprune.core.checkpoint import write_checkpoint
 from agfprune.core.data import build_transform, dataset_classes, open_dataset, subsample
 from agfprune.core.device import resolve_device, seed_everything
@@ -38,6 +38,7 @@ from agfprune.core.distributed import (DistContext, all_reduce_sum, barrier, ini
                                        shard_indices, shutdown, unwrap, wrap_model)
 from agfprune.core.errors import DataError, ModelError, UsageError, first_line
 from agfprune.core.evaluate import Accuracy, accuracy_from_logits, predict_logits
+from agfprune.core.formats import Fields, check_header, require_regular_file
 from agfprune.core.models import LoadedModel, load_model
 from agfprune.core.progress import SILENT, Progress
 from agfprune.core.train import OPTIMIZERS, LossConfig, Trainer, build_optimizer, current_lr, warmup_cosine
@@ -48,7 +49,8 @@ DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 # Metadata written by write_checkpoint itself, or describing how the *source* weights were trained.
 RESERVED_METADATA = {"format", "format_version", "agfprune_version", "timm_model", "arch", "timm_kwargs",
-                     "data_config", "structure", "fingerprint", "result", "recipe", "finetune"}
+                     "data_config", "structure", "fingerprint", "metadata_fingerprint", "result", "recipe",
+                     "finetune"}
 
 
 @dataclass
@@ -82,6 +84,7 @@ class FinetuneConfig:
     device: str = "auto"
     amp: bool = True
     eval_initial: bool = True
+    skip_bad_images: bool = False
 
 
 @dataclass
@@ -233,7 +236,7 @@ def _load_teacher(spec: str, student: LoadedModel, device: torch.device, progres
 
 
 def _open_data(config: FinetuneConfig, data_config: dict[str, Any], num_classes: int) -> tuple[Dataset, Dataset]:
-    train = open_dataset(config.data, "train", build_transform(data_config, train=True))
+    train = open_dataset(config.data, "train", build_transform(data_config, train=True), config.skip_bad_images)
     val_source = config.val
     if val_source is None:
         from agfprune.core.data import resolve_image_root
@@ -245,7 +248,7 @@ def _open_data(config: FinetuneConfig, data_config: dict[str, Any], num_classes:
             val_source = str(data_path)
         else:
             raise DataError(f"no validation data: --data {config.data} has no val/ split; pass --val PATH")
-    val = open_dataset(val_source, "val", build_transform(data_config, train=False))
+    val = open_dataset(val_source, "val", build_transform(data_config, train=False), config.skip_bad_images)
     for name, dataset in (("--data", train), ("--val", val)):
         classes = dataset_classes(dataset)
         if classes > num_classes:
@@ -313,16 +316,17 @@ def load_state(path: Path, run_fingerprint: str, run_key: dict[str, Any]) -> dic
     """Read a state file (weights_only) and refuse it when it belongs to another run."""
     if not path.exists():
         raise UsageError(f"--resume: state file {path} not found (run without --resume to start)")
+    require_regular_file(path, "finetune state file")
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error says enough
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign files raise many types
         raise ModelError(f"{path}: not a readable finetune state file ({first_line(exc, 160)})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ModelError(f"{path}: not an agfprune finetune state file")
-    if state.get("run_fingerprint") != run_fingerprint:
-        recorded = json.loads(state.get("run_key", "{}"))
+    check_header(state, path, STATE_FORMAT, STATE_VERSION, version_key="version", what="finetune state file")
+    fields = Fields(state, path)
+    if fields.string("run_fingerprint") != run_fingerprint:
+        recorded = _json_field(fields, "run_key", dict)
         differences = [f"{k} {recorded.get(k)!r} vs {v!r}" for k, v in run_key.items() if recorded.get(k) != v]
         raise ModelError(f"{path}: resume state belongs to another run (recorded vs now: "
                          f"{'; '.join(differences[:4]) or 'unknown'}); use the same checkpoint and options, "
@@ -330,7 +334,54 @@ def load_state(path: Path, run_fingerprint: str, run_key: dict[str, Any]) -> dic
     if state.get("version") != STATE_VERSION:
         raise ModelError(f"{path}: finetune state version {state.get('version')} (this agfprune resumes version "
                          f"{STATE_VERSION}); start fresh without --resume")
+    _check_state_fields(fields)
     return state
+
+
+@contextlib.contextmanager
+def _restoring(path: Path, part: str) -> Iterator[None]:
+    """A saved part that torch (or random/numpy) refuses is a damaged state file, not a bug."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
+        raise ModelError(f"{path}: field '{part}' does not fit this run ({first_line(exc, 160)})") from None
+
+
+def _json_field(fields: Any, key: str, kind: type, allow_empty: bool = False) -> Any:
+    """A JSON document stored as a string field of the state (a list or mapping)."""
+    text = fields.string(key)
+    if allow_empty and text == "":
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, kind):
+        raise fields.fail(key, f"a JSON {'list' if kind is list else 'object'} in a string", text)
+    return value
+
+
+def _check_state_fields(fields: Any) -> None:
+    """Every field `_finetune` restores, with its type, so that a damaged state is one ModelError."""
+    for key in ("epoch", "step_in_epoch", "global_step", "best_epoch", "epoch_loss_count"):
+        fields.integer(key, minimum=0)
+    for key in ("epoch_loss_sum", "epoch_seconds"):
+        fields.number(key)
+    fields.number("best_top1", minimum=-1.0, maximum=100.0)
+    for key in ("model", "optimizer", "schedule", "scaler"):
+        fields.mapping(key)
+    if not all(isinstance(v, torch.Tensor) for v in fields.mapping("model").values()):
+        raise fields.fail("model", "a mapping of tensors", "non-tensor values")
+    rng = fields.section("rng")
+    for key in ("python", "numpy"):
+        rng.sequence(key)
+    for key in ("torch", "loader"):
+        if not isinstance(rng.document.get(key), torch.Tensor):
+            raise rng.fail(key, "a tensor", rng.document.get(key))
+    records = _json_field(fields, "records", list)
+    if not all(isinstance(record, dict) for record in records):
+        raise fields.fail("records", "a JSON list of objects", fields.document["records"])
+    _json_field(fields, "initial", dict, allow_empty=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +423,9 @@ def finetune(config: FinetuneConfig, progress: Progress = SILENT) -> FinetuneRes
     """Fine-tune `config.checkpoint` on `config.data`, keeping the best and last weights."""
     _validate_config(config)
     outputs = output_paths(config.out, config.state, config.log)
-    for path in (outputs.best, outputs.last, outputs.state, outputs.log):
-        check_writable(path)
+    check_outputs({"--out": outputs.best, "last weights": outputs.last, "--state": outputs.state, "--log": outputs.log},
+                  {"CHECKPOINT": config.checkpoint, "--teacher": config.teacher, "--data": config.data,
+                   "--val": config.val})
     context, device = init_distributed(resolve_device(config.device))
     if not context.is_main:
         progress = SILENT
@@ -414,7 +466,8 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
     best_top1, best_epoch = -1.0, 0
     loss_sum, loss_count, epoch_seconds = 0.0, 0, 0.0
     if state is not None:
-        model.load_state_dict(state["model"])
+        with _restoring(outputs.state, "model"):
+            model.load_state_dict(state["model"])
         start_epoch, start_step, global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
         records = json.loads(state["records"])
         initial = json.loads(state["initial"]) if state.get("initial") else None
@@ -426,10 +479,10 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
     trainer = Trainer(wrap_model(model, context, device), optimizer, schedule, loss_config, device,
                       teacher.model if teacher else None, amp=config.amp)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        trainer.scaler.load_state_dict(state["scaler"])
-        _restore_rng(state["rng"], generator)
+        for part, restore in (("optimizer", optimizer.load_state_dict), ("schedule", schedule.load_state_dict),
+                              ("scaler", trainer.scaler.load_state_dict), ("rng", lambda rng: _restore_rng(rng, generator))):
+            with _restoring(outputs.state, part):
+                restore(state[part])
 
     def write_weights(path: Path, kind: str, epoch: int, accuracy: Accuracy) -> str:
         extra = {k: v for k, v in loaded.metadata.items() if k not in RESERVED_METADATA}
@@ -516,7 +569,9 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
         save_state(epoch + 1, 0)
         barrier(context)
 
-    assert final is not None  # epochs ≥ 1, so at least one record exists
+    if final is None:  # only a resumed state can claim finished epochs without their records
+        raise ModelError(f"{outputs.state}: field 'records' holds no finished epoch, but 'epoch' says "
+                         f"{start_epoch} of {config.epochs} are done; the state file is damaged")
     return FinetuneResult(
         outputs=outputs, arch=loaded.arch, initial=initial, final=final, best_top1=round(best_top1, 4),
         best_epoch=best_epoch, epochs=records, train_samples=len(train_set),  # type: ignore[arg-type]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 
 import torch
+
+METADATA_FINGERPRINT_KEY = "metadata_fingerprint"
 
 
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
@@ -20,6 +23,17 @@ def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
         digest.update(str(tensor.dtype).encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def metadata_fingerprint(encoded: Mapping[str, str]) -> str:
+    """SHA-256 (first 16 hex digits) over a checkpoint's stored metadata strings (all keys but
+    `metadata_fingerprint` itself). The metadata holds the tensors' fingerprint too, so this one
+    covers the whole file: architecture, kwargs, structure and weights."""
+    digest = hashlib.sha256()
+    for key in sorted(encoded):
+        if key != METADATA_FINGERPRINT_KEY:
+            digest.update(json.dumps([key, encoded[key]]).encode())
     return digest.hexdigest()[:16]
 
 

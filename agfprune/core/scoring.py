@@ -242,29 +242,41 @@ class LoadedScores:
 
 def load_scores(path: str | Path, metric: str | None = None) -> LoadedScores:
     """Read a scores.json; `metric` picks one when the file holds several (e.g. --metric all)."""
+    from agfprune.core.formats import Fields, check_header, read_text
+
     path = Path(path)
+    text = read_text(path, "scores file")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"scores file not found: {path}") from None
-    except (OSError, ValueError) as exc:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise ModelError(f"{path}: not a readable scores file ({first_line(exc, 160)})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
-        raise ModelError(f"{path}: not an agfprune scores file (run `agfprune score`)")
-    if int(document.get("version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{path}: scores format {document['version']} is newer than this agfprune supports")
-    metrics = document.get("metrics") or {}
+    check_header(document, path, FORMAT_NAME, FORMAT_VERSION, version_key="version", what="scores file",
+                 hint=" (run `agfprune score`)")
+    fields = Fields(document, path)
+    metrics = fields.mapping("metrics")
     if metric is None:
         if len(metrics) != 1:
             raise UsageError(f"{path} holds metrics {', '.join(metrics)}; name the one to use")
         metric = next(iter(metrics))
     if metric not in metrics:
         raise UsageError(f"{path} has no scores for metric {metric!r} (it has {', '.join(metrics) or 'none'})")
-    entry = metrics[metric]
-    scores = {g["key"]: torch.tensor([float("nan") if v is None else v for v in g["scores"]], dtype=torch.float32)
-              for g in entry.get("groups", [])}
-    return LoadedScores(metric=metric, scores=scores, options=entry.get("options", {}),
-                        model=document.get("model", {}), calibration=document.get("calibration"), path=str(path))
+    entry = fields.section("metrics").section(metric)
+    scores = {}
+    for index, raw_group in enumerate(entry.sequence("groups")):
+        group = Fields(raw_group, path, f"{entry.where}.groups[{index}]")
+        values = group.sequence("scores")
+        try:
+            if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+                raise ValueError
+            converted = [float("nan") if v is None else float(v) for v in values]
+        except (ValueError, OverflowError):
+            raise group.fail("scores", "a list of numbers (or null)", values) from None
+        scores[group.string("key")] = torch.tensor(converted, dtype=torch.float32)
+    model = fields.section("model", required=False)
+    model.string("fingerprint", required=False)
+    calibration = fields.mapping("calibration", required=False) or None
+    return LoadedScores(metric=metric, scores=scores, options=entry.mapping("options", required=False),
+                        model=model.document, calibration=calibration, path=str(path))
 
 
 def layer_slice_names(group: Any) -> list[str]:
@@ -346,8 +358,11 @@ def _load_scored_model(request: ScoreRequest, stats: Any) -> Any:
     checkpoint = meta.get("checkpoint")
     if checkpoint and not Path(checkpoint).exists():
         raise ModelError(f"the calibration's checkpoint {checkpoint} no longer exists; pass --checkpoint")
+    from agfprune.core.formats import check_timm_kwargs
+
+    timm_kwargs = check_timm_kwargs(meta.get("timm_kwargs") or {}, meta.get("path", "the calibration file"))
     return load_model(meta["model"], checkpoint, pretrained=bool(meta.get("pretrained")),
-                      timm_kwargs=meta.get("timm_kwargs") or {}, device="cpu")
+                      timm_kwargs=timm_kwargs, device="cpu")
 
 
 def run_scoring(request: ScoreRequest, out: str | Path | None = None) -> tuple[ScoreReport, dict[str, Any]]:

@@ -68,8 +68,17 @@ def art(tmp_path_factory) -> dict[str, Path]:
 
     with safe_open(str(paths["pruned"]), framework="pt") as handle:
         metadata, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    # a file without the metadata fingerprint (as written before it existed): edits reach the loader
+    unsealed = {k: v for k, v in metadata.items() if k != "metadata_fingerprint"}
     paths["no_structure"] = root / "no-structure.safetensors"
-    save_file(tensors, str(paths["no_structure"]), metadata={**metadata, "structure": "{}"})
+    save_file(tensors, str(paths["no_structure"]), metadata={**unsealed, "structure": "{}"})
+    paths["edited_metadata"] = root / "edited-metadata.safetensors"
+    save_file(tensors, str(paths["edited_metadata"]), metadata={**metadata, "timm_kwargs": '{"num_classes": 9}'})
+    paths["deep_kwargs"] = root / "deep-kwargs.safetensors"
+    save_file(tensors, str(paths["deep_kwargs"]), metadata={**unsealed, "timm_kwargs": '{"depth": 100000}'})
+    paths["pretrained_kwargs"] = root / "pretrained-kwargs.safetensors"
+    save_file(tensors, str(paths["pretrained_kwargs"]),
+              metadata={**unsealed, "timm_kwargs": '{"pretrained": true, "checkpoint_path": "/etc/passwd"}'})
     document = json.loads(paths["scores"].read_text())
     document["metrics"]["agf"]["groups"][0]["scores"][0] = None
     paths["null_scores"] = root / "null-scores.json"
@@ -97,7 +106,7 @@ def art(tmp_path_factory) -> dict[str, Path]:
     paths["labels_npz"] = root / "labels.npz"
     np.savez(paths["labels_npz"], images=np.zeros((16, 32, 32, 3), dtype=np.uint8), labels=np.full(16, 50))
     paths["foreign_state"] = root / "foreign.state.pt"
-    torch.save({"format": "agfprune-finetune-state", "run_fingerprint": "0" * 16,
+    torch.save({"format": "agfprune-finetune-state", "version": 1, "run_fingerprint": "0" * 16,
                 "run_key": json.dumps({"lr": 9.0})}, paths["foreign_state"])
     paths["folder"] = root / "folder.safetensors"
     paths["folder"].mkdir()
@@ -152,6 +161,9 @@ CASES = [
     ("eval-unknown-model", MODEL, ["eval", "--model", "no_such_model", "--data", "synthetic:8"], "no_such_model"),
     ("eval-tampered-pruned", MODEL, ["eval", "{tampered}", "--data", "synthetic:8"], "fingerprint"),
     ("eval-pruned-without-structure", MODEL, ["eval", "{no_structure}", "--data", "synthetic:8"], "does not fit"),
+    ("eval-edited-metadata", MODEL, ["eval", "{edited_metadata}", "--data", "synthetic:8"], "metadata fingerprint"),
+    ("eval-kwargs-depth-100000", MODEL, ["eval", "{deep_kwargs}", "--data", "synthetic:8"], "timm_kwargs.depth"),
+    ("info-kwargs-pretrained", MODEL, ["info", "{pretrained_kwargs}"], "checkpoint_path, pretrained"),
     ("info-nothing", USAGE, ["info"], "--model"),
     ("info-pickle-needing-code", MODEL, ["info", "{evil}"], "posix.system"),
     ("info-garbage-pth", MODEL, ["info", "{garbage_pth}"], "garbage.pth"),

@@ -196,7 +196,11 @@ def test_fingerprint_mismatch_is_explained(tmp_path, experts):
 @pytest.mark.parametrize("text, message", [
     ("format: something-else\n", "not an agfprune router"),
     ("format: agfprune-router\nformat_version: 99\n", "newer"),
-    ("format: agfprune-router\nsignal: certainty\nthreshold: 0.5\n", "unknown signal"),
+    ("format: agfprune-router\nformat_version: 1\nsignal: certainty\nthreshold: 0.5\n", "unknown signal"),
+    ("format: agfprune-router\nformat_version: abc\n", "field 'format_version'"),
+    ("format: agfprune-router\nformat_version: 1\nsignal: confidence\nthreshold: .nan\n", "field 'threshold'"),
+    ("format: agfprune-router\nformat_version: 1\nsignal: confidence\nthreshold: -.inf\n", "field 'threshold'"),
+    ("a: &a [1]\nb: *a\n", "aliases"),
     ("[unclosed", "not a readable YAML"),
 ])
 def test_bad_router_files(tmp_path, text, message):

@@ -26,6 +26,7 @@ def calibrate_command(
         "--micro-batch", help="Run each batch as chunks of at most this many images (same statistics, "
                               "less activation memory on large models and inputs).")] = None,
     workers: o.WorkersOpt = 0,
+    skip_bad_images: o.SkipBadImagesOpt = False,
     img_size: o.ImgSizeOpt = None,
     mean: o.MeanOpt = None,
     std: o.StdOpt = None,
@@ -50,7 +51,7 @@ def calibrate_command(
         data=str(data), out=out, model=model, checkpoint=checkpoint, pretrained=pretrained, split=split,
         batches=batches, batch_size=batch_size, target=target, micro_batch=micro_batch, workers=workers,
         img_size=img_size, mean=o.parse_floats(mean, "--mean"), std=o.parse_floats(std, "--std"),
-        device=device, amp=amp, seed=seed)
+        device=device, amp=amp, seed=seed, skip_bad_images=skip_bad_images)
     result = run_calibration(request, RichProgress(quiet))
     if result is None:
         return  # under torchrun only rank 0 reports

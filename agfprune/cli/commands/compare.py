@@ -67,8 +67,8 @@ def compare_command(
     """
     from agfprune.cli.common import load_model_from_options
     from agfprune.cli.output import RichProgress, print_json, stdout
-    from agfprune.core.atomic import check_writable
-    from agfprune.core.compare import CompareConfig, rank_and_world, render_markdown, run_compare
+    from agfprune.core.atomic import check_outputs
+    from agfprune.core.compare import COMPARE_FILES, CompareConfig, rank_and_world, render_markdown, run_compare
     from agfprune.core.device import configure_threads, rank_device, resolve_device
 
     o.require(calib_data, "--calib-data")
@@ -88,7 +88,9 @@ def compare_command(
         finetune_teacher=finetune_teacher, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
         scratch_epochs=scratch_epochs, reference=reference, report_only=report_only)
     compare_config.validate()
-    check_writable(Path(out) / "results.json")  # before the model is loaded
+    # before the model is loaded; the input must not be one of the files the report writes
+    check_outputs({f"--out file {name}": Path(out) / name for name in COMPARE_FILES},
+                  {"--checkpoint": checkpoint, "--calib-data": calib_data, "--eval-data": eval_data})
     configure_threads()
     loaded = load_model_from_options(model, checkpoint, False, torch_device)
     results = run_compare(loaded, compare_config, torch_device, RichProgress(quiet or rank != 0))

@@ -20,6 +20,7 @@ def eval_command(
     batch_size: o.BatchSizeOpt = 128,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
+    skip_bad_images: o.SkipBadImagesOpt = False,
     img_size: o.ImgSizeOpt = None,
     mean: o.MeanOpt = None,
     std: o.StdOpt = None,
@@ -53,7 +54,7 @@ def eval_command(
         pretrained=pretrained, compare_to=str(compare_to) if compare_to else None, batch_size=batch_size,
         workers=workers, limit=limit, img_size=img_size, mean=parse_floats(mean, "--mean"),
         std=parse_floats(std, "--std"), latency_repeats=latency_repeats, threads=threads, device=device,
-        amp=amp, seed=seed)
+        amp=amp, seed=seed, skip_bad_images=skip_bad_images)
     result = run_eval(request, RichProgress(quiet))
     if json_output:
         print_json(result)

@@ -33,7 +33,7 @@ def export_command(
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
     from agfprune.core.export import check_export_request, export_model
 
-    check_export_request(export_format.lower(), out, batch_size=batch_size, opset=opset,
+    check_export_request(export_format.lower(), out, source=checkpoint_arg, batch_size=batch_size, opset=opset,
                          torchscript_mode=torchscript_mode.lower())
     loaded = load_model_from_options(model, checkpoint_arg, False, "cpu")
     loaded.data_config = data_config_from_options(loaded, img_size, None, None)

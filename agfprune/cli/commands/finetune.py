@@ -37,6 +37,7 @@ def finetune_command(
     batch_size: o.BatchSizeOpt = 128,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
+    skip_bad_images: o.SkipBadImagesOpt = False,
     val_limit: Annotated[Optional[int], typer.Option(
         "--val-limit", help="Validate on a seeded random subset of N images.")] = None,
     save_every: Annotated[int, typer.Option(
@@ -67,6 +68,7 @@ def finetune_command(
         label_smoothing=label_smoothing, teacher=teacher, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
         batch_size=batch_size, workers=workers, limit=limit, val_limit=val_limit, save_every=save_every,
         state=state, log=log, resume=resume, seed=seed, device=device, amp=amp, eval_initial=eval_initial,
+        skip_bad_images=skip_bad_images,
     )
     result = finetune(settings, RichProgress(quiet))
     if os.environ.get("RANK", "0") != "0":

@@ -75,6 +75,7 @@ def prune_command(
     batch_size: o.BatchSizeOpt = 64,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
+    skip_bad_images: o.SkipBadImagesOpt = False,
     device: o.DeviceOpt = "auto",
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
@@ -94,7 +95,7 @@ def prune_command(
                            metric=metric, data=data, calib=calib, scores=scores, calib_batches=calib_batches,
                            calib_target=calib_target, bn_recalibrate=bn_recalibrate, batch_size=batch_size,
                            workers=workers, limit=limit, seed=seed, device=device, eval_data=eval_data,
-                           eval_limit=eval_limit)
+                           eval_limit=eval_limit, skip_bad_images=skip_bad_images)
     _result, summary = run_prune(request, RichProgress(quiet or json_output))
     if json_output:
         print_json(summary)

@@ -77,6 +77,7 @@ def calibrate_command(
     batch_size: o.BatchSizeOpt = 128,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
+    skip_bad_images: o.SkipBadImagesOpt = False,
     device: o.DeviceOpt = "auto",
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
@@ -101,7 +102,8 @@ def calibrate_command(
     result = calibrate_router(
         ExpertSource(light, light_model), ExpertSource(heavy, heavy_model), data, signal, objective, out,
         half=split_half, split_seed=split_seed or 0,
-        options=LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed),
+        options=LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed,
+                              skip_bad_images=skip_bad_images),
         device=torch_device, progress=RichProgress(quiet))
     document = {"router": str(out), "signal": signal, "threshold": result.spec.threshold,
                 "objective": result.spec.objective["description"], **result.spec.calibration,
@@ -135,6 +137,7 @@ def eval_command(
     batch_size: o.BatchSizeOpt = 128,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
+    skip_bad_images: o.SkipBadImagesOpt = False,
     device: o.DeviceOpt = "auto",
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
@@ -157,7 +160,8 @@ def eval_command(
     seed_everything(seed)
     report = evaluate_router(
         router, data, half=split_half, split_seed=split_seed,
-        options=LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed),
+        options=LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed,
+                              skip_bad_images=skip_bad_images),
         device=torch_device, light=light, heavy=heavy, draws=random_draws, seed=seed,
         latency_batches=latency_batches, latency_repeats=latency_repeats, plot=plot, sweep_json=sweep,
         signals=names, bootstrap=bootstrap, progress=RichProgress(quiet))

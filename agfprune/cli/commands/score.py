@@ -35,7 +35,7 @@ def score_command(
 ) -> None:
     """Score every prunable group (residual-coupled channels and attention heads share one vector)."""
     from agfprune.cli.output import print_json, stdout, table
-    from agfprune.core.atomic import check_writable
+    from agfprune.core.atomic import check_outputs
     from agfprune.core.errors import UsageError
     from agfprune.core.scoring import ScoreRequest, run_scoring
 
@@ -43,7 +43,7 @@ def score_command(
                            group_reduction=group_reduction, normalizer=normalizer, img_size=img_size, seed=seed)
     request.validate()
     if out is not None:
-        check_writable(out)
+        check_outputs({"--out": out}, {"--calib": calib, "--checkpoint": checkpoint, "--config": config})
     elif not json_output:
         raise UsageError("give --out scores.json (or --json to print the scores summary only)")
     report, summary = run_scoring(request, out)

@@ -74,6 +74,25 @@ def create_model(arch: str, pretrained: bool = False, **timm_kwargs: Any) -> nn.
         raise
 
 
+def check_model_size(arch: str, kwargs: dict[str, Any], source: Any) -> None:
+    """Refuse (ModelError) kwargs that would build a model over MAX_PARAMS parameters, before any
+    memory is allocated: a transformer's size is estimated from depth and width, anything else is
+    built on the meta device (no storage) and counted."""
+    from agfprune.core.formats import MAX_PARAMS
+
+    depth, width = kwargs.get("depth"), kwargs.get("embed_dim")
+    estimate = 12 * depth * width * width if isinstance(depth, int) and isinstance(width, int) else 0
+    if estimate <= MAX_PARAMS:
+        try:
+            with torch.device("meta"):
+                estimate = sum(p.numel() for p in create_model(arch, **kwargs).parameters())
+        except Exception:  # noqa: BLE001 - the real build below reports what is wrong
+            return
+    if estimate > MAX_PARAMS:
+        raise ModelError(f"{source}: timm_kwargs {kwargs} would build a {arch} of about {estimate:,} parameters, "
+                         f"more than agfprune builds ({MAX_PARAMS:,}); the metadata is damaged or edited")
+
+
 def _classifier_weight_key(model: nn.Module) -> str | None:
     config = getattr(model, "pretrained_cfg", None) or {}
     name = config.get("classifier")
@@ -147,6 +166,8 @@ def load_model(arch: str | None = None, checkpoint: str | Path | None = None, *,
         raise UsageError("give --model NAME and/or --checkpoint PATH")
     kwargs = dict(ckpt.metadata.get("timm_kwargs") or {}) if ckpt else {}
     kwargs.update(timm_kwargs or {})
+    if kwargs:  # recorded in a file: bounded per key when read, and here as a whole
+        check_model_size(arch, kwargs, checkpoint or "the recorded timm_kwargs")
     model = create_model(arch, pretrained=pretrained and ckpt is None, **kwargs)
     if ckpt:
         inferred = None if "num_classes" in kwargs else _infer_num_classes(model, ckpt.tensors)

@@ -257,6 +257,15 @@ def search_channel_ratio(dense: nn.Module, example: torch.Tensor, table: ScoreTa
 _COST_CACHE: dict[tuple, ModelCost] = {}
 
 
+def _check_round_to(table: Any, options: PruneOptions) -> None:
+    """--round-to K keeps multiples of K channels: a group of at most K channels keeps them all, so a K
+    at least every group's width would silently prune nothing."""
+    widths = [info.channels for info in table.groups.values()]
+    if options.round_to and widths and max(widths) <= options.round_to:
+        raise UsageError(f"--round-to {options.round_to}: the widest prunable group has {max(widths)} channels, "
+                         "so rounding to that multiple would prune nothing; use a smaller value")
+
+
 def _dense_cost(loaded: Any, size: tuple[int, ...], device: torch.device) -> ModelCost:
     """Params/MACs of the unpruned model; they depend on its structure only, so repeated pruning of
     the same model (ratio sweeps, metric comparisons) counts them once."""
@@ -295,6 +304,7 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
     if options.cost_aware:
         table.add_costs(pruner, example)
     first_table = table
+    _check_round_to(first_table, options)
     channel_ratio = options.ratio
     if options.target != "channels":
         progress.log(f"searching the channel ratio for -{100 * options.ratio:.1f}% {options.target}")

@@ -40,6 +40,7 @@ class PruneRequest:
     device: str = "auto"
     eval_data: Path | None = None
     eval_limit: int | None = None
+    skip_bad_images: bool = False
     extra_metadata: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -72,7 +73,8 @@ class PruneRequest:
 def _calibration_loader(request: PruneRequest, loaded: Any, device: torch.device) -> Any:
     from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
 
-    dataset = open_dataset(request.data, "train", build_transform(loaded.data_config, train=False))
+    dataset = open_dataset(request.data, "train", build_transform(loaded.data_config, train=False),
+                           request.skip_bad_images)
     options = LoaderOptions(batch_size=request.batch_size, workers=request.workers, limit=request.limit,
                             seed=request.seed, shuffle=True, drop_last=False)
     return make_loader(dataset, options, device)
@@ -139,14 +141,16 @@ def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.devic
 
 def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[PruneResult, dict[str, Any]]:
     """Prune as requested, write the checkpoint, and return the result and a JSON-ready summary."""
-    from agfprune.core.atomic import check_writable
+    from agfprune.core.atomic import check_outputs
     from agfprune.core.device import resolve_device, seed_everything
     from agfprune.core.models import load_model
     from agfprune.core.pruning.bn_recalibration import recalibrate_batchnorm
     from agfprune.core.pruning.save import save_pruned
 
     request.validate()
-    check_writable(request.out)
+    check_outputs({"--out": request.out}, {"--checkpoint": request.checkpoint, "--calib": request.calib,
+                                           "--scores": request.scores, "--data": request.data,
+                                           "--eval-data": request.eval_data})
     device = resolve_device(request.device)
     seed_everything(request.seed)
     loaded = load_model(request.model, request.checkpoint, pretrained=request.pretrained, device=device)
@@ -182,7 +186,7 @@ def _evaluate(request: PruneRequest, loaded: Any, result: PruneResult, device: t
     from agfprune.core.evaluate import evaluate_accuracy
 
     config = dict(loaded.data_config, input_size=tuple(result.record.input_size))
-    dataset = open_dataset(request.eval_data, "val", build_transform(config, train=False))
+    dataset = open_dataset(request.eval_data, "val", build_transform(config, train=False), request.skip_bad_images)
     loader = make_loader(dataset, LoaderOptions(batch_size=max(request.batch_size, 128), workers=request.workers,
                                                 limit=request.eval_limit, seed=request.seed), device)
     accuracy = evaluate_accuracy(result.model, loader, device, amp=False, progress=progress)

@@ -8,6 +8,7 @@ an objective then picks one of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,8 @@ class Objective:
     def validate(self) -> None:
         if self.kind not in OBJECTIVES:
             raise UsageError(f"objective {self.kind!r}: expected one of {', '.join(OBJECTIVES)}")
-        if self.value != self.value:  # NaN
-            raise UsageError(f"--{self.kind}: value must be a number, got NaN")
+        if not math.isfinite(self.value):  # a router with threshold inf/NaN is refused when read
+            raise UsageError(f"--{self.kind}: value must be a finite number, got {self.value}")
         if self.kind == "match-heavy" and self.value < 0:
             raise UsageError(f"--tolerance {self.value}: must be >= 0 (accuracy points below the heavy model)")
         if self.kind == "max-heavy-fraction" and not 0.0 <= self.value <= 1.0:
@@ -177,7 +178,7 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
 
     `light`/`heavy` are ExpertSource; `options` a LoaderOptions.
     """
-    from agfprune.core.atomic import check_writable
+    from agfprune.core.atomic import check_outputs
     from agfprune.core.data import LoaderOptions, check_split_half
     from agfprune.core.evaluate import count_cost
     from agfprune.core.progress import SILENT
@@ -191,7 +192,7 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
     check_signal(signal)
     objective.validate()
     check_split_half(half)
-    check_writable(out)
+    check_outputs({"--out": out}, {"--light": light.checkpoint, "--heavy": heavy.checkpoint, "--data": data})
     device = torch.device(device)
     pair = load_experts(light, heavy, device)
     loader = routing_loader(data, half, split_seed, pair.data_config, options, device)

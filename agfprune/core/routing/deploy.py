@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from agfprune.core.atomic import check_writable
+from agfprune.core.atomic import check_outputs
 from agfprune.core.export import export_metadata
 from agfprune.core.errors import UsageError
 from agfprune.core.routing.cascade import Cascade, make_cascade, save_torchscript, script_cascade
-from agfprune.core.routing.router_file import load_router_experts, read_router
+from agfprune.core.routing.router_file import expert_checkpoint_path, load_router_experts, read_router
 from agfprune.core.routing.signals import SIGNALS, is_dynamic
 
 
@@ -38,8 +38,10 @@ class ExportResult:
 def export_router(path: str | Path, out: str | Path, device: torch.device | str = "cpu",
                   light: Path | None = None, heavy: Path | None = None) -> ExportResult:
     """Compile the router's Cascade to TorchScript, check it against the eager one, write `out`."""
-    check_writable(out)
     spec = read_router(path)
+    check_outputs({"--out": out}, {"--router": path, "--light": light, "--heavy": heavy,
+                                   "the router's light expert": expert_checkpoint_path(spec.light.checkpoint, Path(path)),
+                                   "the router's heavy expert": expert_checkpoint_path(spec.heavy.checkpoint, Path(path))})
     if is_dynamic(spec.signal):
         raise UsageError(f"{path}: signal {spec.signal!r} needs the light expert's input gradients, which an "
                          "exported TorchScript cascade cannot compute; re-calibrate with a zero-cost signal "

@@ -79,7 +79,7 @@ def load_experts(light: ExpertSource, heavy: ExpertSource, device: torch.device 
 def routing_loader(data: str | Path, half: str, split_seed: int, data_config: dict[str, Any],
                    options: LoaderOptions, device: torch.device) -> DataLoader:
     """Eval-transform loader over one seeded half (or all) of the val split of `data`."""
-    dataset = open_dataset(data, "val", build_transform(data_config, train=False))
+    dataset = open_dataset(data, "val", build_transform(data_config, train=False), options.skip_bad_images)
     return make_loader(split_half(dataset, half, split_seed), options, device)
 
 

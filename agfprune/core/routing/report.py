@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from agfprune.core.atomic import atomic_path, check_writable, write_text_atomic
+from agfprune.core.atomic import atomic_path, check_outputs, write_text_atomic
 from agfprune.core.data import LoaderOptions
 from agfprune.core.errors import UsageError
 from agfprune.core.evaluate import count_cost
@@ -222,9 +222,8 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
 
     if half is not None:
         check_split_half(half)
-    for target in (plot, sweep_json):
-        if target is not None:
-            check_writable(target)
+    check_outputs({"--plot": plot, "--sweep": sweep_json},
+                  {"--router": router_path, "--light": light, "--heavy": heavy, "--data": data})
     if latency_batches < 0 or latency_repeats < 0 or draws < 1 or bootstrap < 0:
         raise UsageError("--latency-batches, --latency-repeats and --bootstrap must be >= 0, --random-draws >= 1")
     signals = signal_names() if signals is None else [check_signal(name) for name in signals]

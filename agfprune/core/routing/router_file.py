@@ -17,6 +17,7 @@ import torch
 from agfprune import __version__
 from agfprune.core.atomic import write_text_atomic
 from agfprune.core.errors import ModelError, first_line
+from agfprune.core.formats import Fields, check_header, dump_yaml, load_yaml, read_text
 from agfprune.core.models import LoadedModel
 from agfprune.core.routing.experts import (ExpertPair, ExpertSource, check_compatible,
                                           check_same_labels_and_size, load_expert)
@@ -82,54 +83,67 @@ class RouterSpec:
 
 def write_router(path: str | Path, spec: RouterSpec) -> None:
     """Write router.yaml atomically."""
-    import yaml
-
+    read_spec_fields(spec.as_dict(), path)  # never write what read_router would refuse (e.g. threshold inf)
     text = "# agfprune router: light expert first, heavy expert where signal < threshold\n"
-    text += yaml.safe_dump(spec.as_dict(), sort_keys=False, default_flow_style=False)
+    text += dump_yaml(spec.as_dict())
     write_text_atomic(path, text)
 
 
-def _expert(document: dict[str, Any], role: str, path: Path) -> ExpertRecord:
-    entry = document.get(role)
-    if not isinstance(entry, dict):
-        raise ModelError(f"{path}: no '{role}' expert section; not a router file?")
-    try:
-        return ExpertRecord(**entry)
-    except TypeError as exc:
-        raise ModelError(f"{path}: '{role}' section is malformed ({exc})") from None
+def _expert(document: Fields, role: str) -> ExpertRecord:
+    if not isinstance(document.document.get(role), dict):
+        raise ModelError(f"{document.path}: no '{role}' expert section; not a router file?")
+    entry = document.section(role)
+    unknown = sorted(str(k) for k in entry.document if k not in ExpertRecord.__dataclass_fields__)
+    if unknown:
+        raise ModelError(f"{document.path}: field '{role}' has unknown key(s) {', '.join(unknown)}")
+    return ExpertRecord(
+        checkpoint=entry.string("checkpoint"), arch=entry.string("arch"), fingerprint=entry.string("fingerprint"),
+        num_classes=entry.integer("num_classes", minimum=1, maximum=100_000), input_size=entry.input_size(),
+        model=entry.string("model", required=False), params=entry.integer("params", minimum=0, required=False),
+        macs=entry.integer("macs", minimum=0, required=False))
+
+
+def _calibration_section(fields: Fields) -> dict[str, Any]:
+    """The calibration record; the fields `route eval` acts on (which half, which seed) are typed."""
+    section = fields.section("calibration", required=False)
+    section.string("split_half", required=False, choices=("first", "second", "none"))
+    section.integer("split_seed", required=False, minimum=-(2**63), maximum=2**63 - 1)
+    return section.document
+
+
+def read_spec_fields(document: Any, path: str | Path) -> RouterSpec:
+    """A RouterSpec from a parsed router document, every field checked (ModelError naming the field)."""
+    from agfprune.core.routing.calibrate import OBJECTIVES
+
+    version = check_header(document, path, FORMAT_NAME, FORMAT_VERSION, what="router file",
+                           hint=f" (expected format: {FORMAT_NAME})")
+    fields = Fields(document, path)
+    signal = document.get("signal")
+    if not isinstance(signal, str) or signal not in signal_names():
+        raise ModelError(f"{path}: field 'signal': unknown signal {signal!r} (valid: {', '.join(signal_names())})")
+    threshold = fields.number("threshold")
+    objective = fields.section("objective")
+    objective.string("kind", choices=OBJECTIVES)
+    objective.number("value")
+    light, heavy = _expert(fields, "light"), _expert(fields, "heavy")
+    _check_records_agree(light, heavy, Path(path))
+    return RouterSpec(
+        light=light, heavy=heavy, signal=signal, threshold=threshold, objective=objective.document,
+        calibration=_calibration_section(fields), format_version=version,
+        agfprune_version=str(document.get("agfprune_version", "")),
+    )
 
 
 def read_router(path: str | Path) -> RouterSpec:
     """Parse and validate router.yaml (one-line ModelError for anything wrong)."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"router file not found: {path}")
+    text = read_text(path, "router file")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        document = load_yaml(text)
+    except yaml.YAMLError as exc:
         raise ModelError(f"{path}: not a readable YAML router file ({first_line(exc)})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
-        raise ModelError(f"{path}: not an agfprune router file (expected format: {FORMAT_NAME})")
-    if int(document.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{path}: router format version {document['format_version']} is newer than this "
-                         f"agfprune supports ({FORMAT_VERSION}); upgrade agfprune")
-    signal = document.get("signal")
-    if signal not in signal_names():
-        raise ModelError(f"{path}: unknown signal {signal!r} (valid: {', '.join(signal_names())})")
-    threshold = document.get("threshold")
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
-        raise ModelError(f"{path}: threshold must be a number, got {threshold!r}")
-    light, heavy = _expert(document, "light", path), _expert(document, "heavy", path)
-    _check_records_agree(light, heavy, path)
-    return RouterSpec(
-        light=light, heavy=heavy,
-        signal=signal, threshold=float(threshold), objective=dict(document.get("objective") or {}),
-        calibration=dict(document.get("calibration") or {}),
-        format_version=int(document.get("format_version", FORMAT_VERSION)),
-        agfprune_version=str(document.get("agfprune_version", "")),
-    )
+    return read_spec_fields(document, path)
 
 
 def _check_records_agree(light: ExpertRecord, heavy: ExpertRecord, path: Path) -> None:
@@ -139,14 +153,15 @@ def _check_records_agree(light: ExpertRecord, heavy: ExpertRecord, path: Path) -
                                f"recorded in {path}")
 
 
-def _checkpoint_path(recorded: str, router_path: Path) -> Path:
+def expert_checkpoint_path(recorded: str, router_path: Path) -> Path:
+    """A recorded expert path; relative ones are relative to the router file's folder."""
     path = Path(recorded)
     return path if path.is_absolute() else (router_path.parent / path)
 
 
 def _load_checked(record: ExpertRecord, role: str, router_path: Path, override: Path | None,
                   device: torch.device | str) -> LoadedModel:
-    checkpoint = override or _checkpoint_path(record.checkpoint, router_path)
+    checkpoint = override or expert_checkpoint_path(record.checkpoint, router_path)
     loaded = load_expert(ExpertSource(checkpoint, record.model), device)
     if loaded.fingerprint != record.fingerprint:
         raise ModelError(
