@@ -125,10 +125,8 @@ def read_spec_fields(document: Any, path: str | Path) -> RouterSpec:
     objective = fields.section("objective")
     objective.string("kind", choices=OBJECTIVES)
     objective.number("value")
-    light, heavy = _expert(fields, "light"), _expert(fields, "heavy")
-    _check_records_agree(light, heavy, Path(path))
     return RouterSpec(
-        light=light, heavy=heavy, signal=signal, threshold=threshold, objective=objective.document,
+        light=_expert(fields, "light"), heavy=_expert(fields, "heavy"), signal=signal, threshold=threshold, objective=objective.document,
         calibration=_calibration_section(fields), format_version=version,
         agfprune_version=str(document.get("agfprune_version", "")),
     )
@@ -143,7 +141,9 @@ def read_router(path: str | Path) -> RouterSpec:
         document = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ModelError(f"{path}: not a readable YAML router file ({first_line(exc)})") from None
-    return read_spec_fields(document, path)
+    spec = read_spec_fields(document, path)
+    _check_records_agree(spec.light, spec.heavy, Path(path))
+    return spec
 
 
 def _check_records_agree(light: ExpertRecord, heavy: ExpertRecord, path: Path) -> None:
