@@ -32,7 +32,7 @@ HeavyOverrideOpt = Annotated[Optional[Path], typer.Option(
 
 
 def _objective(match_heavy: bool, tolerance: Optional[float], max_heavy_fraction: Optional[float],
-               threshold: Optional[float]):
+               threshold: Optional[float], sustained: bool = False):
     from agfprune.core.errors import UsageError
     from agfprune.core.routing.calibrate import Objective
 
@@ -44,8 +44,10 @@ def _objective(match_heavy: bool, tolerance: Optional[float], max_heavy_fraction
                          f"or --threshold t (got {', '.join(chosen) if chosen else 'none'})")
     if tolerance is not None and not match_heavy:
         raise UsageError("--tolerance applies only to --match-heavy")
+    if sustained and not match_heavy:
+        raise UsageError("--sustained applies only to --match-heavy")
     if match_heavy:
-        return Objective("match-heavy", 0.0 if tolerance is None else tolerance)
+        return Objective("match-heavy", 0.0 if tolerance is None else tolerance, sustained)
     if max_heavy_fraction is not None:
         return Objective("max-heavy-fraction", max_heavy_fraction)
     return Objective("threshold", float(threshold))  # type: ignore[arg-type]
@@ -67,6 +69,9 @@ def calibrate_command(
         "--match-heavy", help="Objective: fewest heavy calls with accuracy within --tolerance of the heavy model.")] = False,
     tolerance: Annotated[Optional[float], typer.Option(
         "--tolerance", help="Accuracy points below the heavy model allowed with --match-heavy (default 0).")] = None,
+    sustained: Annotated[bool, typer.Option(
+        "--sustained", help="With --match-heavy: the fewest heavy calls from which accuracy stays within the "
+                            "tolerance at every larger heavy fraction (not the first, often lucky, crossing).")] = False,
     max_heavy_fraction: Annotated[Optional[float], typer.Option(
         "--max-heavy-fraction", help="Objective: best accuracy with at most this fraction (0-1) of heavy calls.")] = None,
     threshold: Annotated[Optional[float], typer.Option(
@@ -95,7 +100,7 @@ def calibrate_command(
     for value, name in ((light, "--light"), (heavy, "--heavy"), (data, "--data"), (out, "--out")):
         o.require(value, name)
     check_signal(signal)
-    objective = _objective(match_heavy, tolerance, max_heavy_fraction, threshold)
+    objective = _objective(match_heavy, tolerance, max_heavy_fraction, threshold, sustained)
     objective.validate()
     torch_device = resolve_device(device)
     seed_everything(seed)

@@ -49,10 +49,14 @@ class Sweep:
 @dataclass
 class Objective:
     """How to pick the threshold: match-heavy (value = tolerance, points), max-heavy-fraction
-    (value = fraction in [0, 1]) or threshold (value = the threshold itself)."""
+    (value = fraction in [0, 1]) or threshold (value = the threshold itself). `sustained` (match-heavy
+    only): the fewest heavy calls from which accuracy stays within the tolerance for every larger
+    heavy fraction, instead of the first crossing, which on a finite calibration set is often a
+    lucky dip of the accuracy curve that does not hold on new images."""
 
     kind: str
     value: float
+    sustained: bool = False
 
     def validate(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -63,16 +67,22 @@ class Objective:
             raise UsageError(f"--tolerance {self.value}: must be >= 0 (accuracy points below the heavy model)")
         if self.kind == "max-heavy-fraction" and not 0.0 <= self.value <= 1.0:
             raise UsageError(f"--max-heavy-fraction {self.value}: must be in [0, 1]")
+        if self.sustained and self.kind != "match-heavy":
+            raise UsageError("--sustained applies only to --match-heavy")
 
     def describe(self) -> str:
         if self.kind == "match-heavy":
-            return f"fewest heavy calls with accuracy >= heavy - {self.value:g} points"
+            rule = " at every larger heavy fraction too" if self.sustained else ""
+            return f"fewest heavy calls with accuracy >= heavy - {self.value:g} points{rule}"
         if self.kind == "max-heavy-fraction":
             return f"best accuracy with at most {100 * self.value:g}% heavy calls"
         return f"fixed threshold {self.value:g}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "value": float(self.value), "description": self.describe()}
+        document: dict[str, Any] = {"kind": self.kind, "value": float(self.value), "description": self.describe()}
+        if self.sustained:
+            document["sustained"] = True
+        return document
 
 
 def heavy_mask(signal: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -146,7 +156,14 @@ def select_point(sweep: Sweep, objective: Objective, light_logits: torch.Tensor 
     if objective.kind == "match-heavy":
         target = sweep.heavy_top1 - objective.value
         # the last point (all heavy) equals the heavy accuracy, so this always finds one
-        return next(p for p in sweep.points if p.top1 >= target - 1e-9)
+        if not objective.sustained:
+            return next(p for p in sweep.points if p.top1 >= target - 1e-9)
+        chosen = sweep.points[-1]
+        for point in reversed(sweep.points):  # walk down from all-heavy while accuracy holds
+            if point.top1 < target - 1e-9:
+                break
+            chosen = point
+        return chosen
     if objective.kind == "max-heavy-fraction":
         allowed = [p for p in sweep.points if p.heavy_calls <= objective.value * sweep.samples + 1e-9]
         return max(allowed, key=lambda p: (p.top1, -p.heavy_calls))
