@@ -200,6 +200,8 @@ def test_reinitialise_redraws_weights_and_keeps_the_shortcut_map(dense) -> None:
         for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.mul_(0)
+        # a pruned shortcut maps kept channels, not the dense shifted identity its reset would redraw
+        model.layer2[0].shortcut.weight.copy_(model.layer2[0].shortcut.weight.flip(0))
     shortcut = model.layer2[0].shortcut.weight.clone()
     reinitialise(model, seed=3)
     conv = model.layer3[1].conv2.weight
