@@ -8,7 +8,7 @@ process calibrates in chunks of M images, to show the bound it gives.
 
     python bench/calibration_overhead.py \
         --checkpoint ../shared/models/resnet56-cifar10-jpeg.safetensors \
-        --data ../shared/data/cifar10-jpeg --batches 16 --batch-size 64
+        --data ../shared/data/cifar10-jpeg --calib-batches 16 --calib-batch-size 64
 """
 
 from __future__ import annotations

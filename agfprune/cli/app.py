@@ -128,7 +128,11 @@ _USAGE_ERRORS = _usage_errors()
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises for expected failures)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    from agfprune.cli.aliases import note, rewrite_deprecated
+
+    args, notes = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
+    for message in notes:
+        note(message)
     debug = "--debug" in args
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -16,6 +16,15 @@ def load_model_from_options(model: Optional[str], checkpoint: Optional[Path], pr
     return load_model(model, checkpoint, pretrained=pretrained, device=device)
 
 
+def data_overrides(img_size: Optional[int], mean: Optional[str], std: Optional[str]) -> Any:
+    """DataOverrides from --img-size/--mean/--std, validated before anything is loaded."""
+    from agfprune.core.data import DataOverrides
+
+    overrides = DataOverrides(img_size, parse_floats(mean, "--mean"), parse_floats(std, "--std"))
+    overrides.validate()
+    return overrides
+
+
 def data_config_from_options(loaded: Any, img_size: Optional[int], mean: Optional[str],
                              std: Optional[str]) -> dict[str, Any]:
     from agfprune.core.data import data_config_overrides

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from agfprune.cli.aliases import DEPRECATED
 from agfprune.cli.app import app
 from agfprune.core.errors import EXIT_CODES
 
@@ -24,8 +25,16 @@ Generated from the CLI by `python -m agfprune.cli.docgen > docs/cli.md`; do not 
 - `--config FILE.yaml` sets option defaults: top-level keys apply to every command that has such an option,
   a section named after the command (`prune: {ratio: 0.5}`) to that command only; sub-commands nest
   (`route: {calibrate: {threshold: 0.3}}`; plain keys under `route:` apply to every `route` command).
-  Unknown keys in a command's own section are an error. Keys use the option names with `_` or `-`
-  (`batch_size` or `batch-size`); options given on the command line win.
+  Unknown keys in a command's own section are an error. Keys are the option names as typed, without the
+  dashes (`json: true`, `global: true`, `calib_batches: 8`; `_` and `-` are interchangeable); options given
+  on the command line win.
+- One spelling per concept: a checkpoint is accepted positionally and as `--checkpoint` by every command
+  that reads one; `--calib-batches`/`--calib-batch-size`/`--calib-loss` size and steer calibration,
+  `--bn-batches` BatchNorm recalibration, `--batch-size` every other batch (default 128), `--eval-data`/
+  `--eval-limit` the images a result is reported on (the same seeded subset `eval --limit` takes).
+  `--metric`/`--ratio` take one value, `--metrics`/`--ratios` several. A short flag means the same
+  option in every command. Old spellings still work, hidden from `--help`, with a deprecation note on
+  stderr (table at the end).
 - Bad input never costs a file: options are validated and output locations checked before any model or
   data is loaded, and a refused command creates, changes or deletes nothing. An output that resolves
   (through symlinks, `..` or a hard link) to one of the command's inputs or to another of its outputs is
@@ -140,6 +149,16 @@ def render() -> str:
         lines.append("| option | default | meaning |")
         lines.append("|---|---|---|")
         lines.extend(_param_rows(command))
+    lines.append("")
+    lines.append("## Deprecated spellings")
+    lines.append("")
+    lines.append("Still accepted on the command line and as `--config` keys, with a note on stderr.")
+    lines.append("")
+    lines.append("| command | old | use |")
+    lines.append("|---|---|---|")
+    for command_path, table in DEPRECATED.items():
+        for old, new in table.items():
+            lines.append(f"| `agfprune {' '.join(command_path)}` | `{old}` | `{new}` |")
     return "\n".join(lines) + "\n"
 
 

@@ -107,7 +107,7 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
     write_checkpoint(init, base, arch=model, timm_kwargs={}, data_config=loaded.data_config)
 
     dense = out / "dense.safetensors"
-    result, seconds = run_step("train", ["finetune", init, "--data", train, "--val", val, "--epochs", epochs,
+    result, seconds = run_step("train", ["finetune", init, "--data", train, "--eval-data", val, "--epochs", epochs,
                                          "--lr", "0.1", "--warmup-epochs", "0.5", "--batch-size", "64",
                                          "--no-eval-initial", "--out", dense, *common])
     record("train dense", f"val top-1 {result['best_top1']:.2f}%", dense, seconds)
@@ -118,13 +118,13 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
            dense, seconds)
 
     calib = out / "calib.safetensors"
-    result, seconds = run_step("calibrate", ["calibrate", "--checkpoint", dense, "--data", train, "--batches",
-                                             DEMO_CALIB_BATCHES, "--batch-size", DEMO_BATCH_SIZE, "--out", calib,
+    result, seconds = run_step("calibrate", ["calibrate", "--checkpoint", dense, "--data", train, "--calib-batches",
+                                             DEMO_CALIB_BATCHES, "--calib-batch-size", DEMO_BATCH_SIZE, "--out", calib,
                                              *common])
     record("calibrate", f"{result['batches']} batches × 64 images, {result['removal_sites']} removal sites", calib, seconds)
 
     scores = out / "scores.json"
-    result, seconds = run_step("score", ["score", "--calib", calib, "--checkpoint", dense, "--metric", "all",
+    result, seconds = run_step("score", ["score", "--calib", calib, "--checkpoint", dense, "--metrics", "all",
                                          "--out", scores, "--seed", str(seed)])
     agreement = result["metrics"].get("magnitude-l1", {}).get("spearman_vs_agf")
     detail = f"; Spearman(agf, magnitude-l1) = {agreement:.2f}" if isinstance(agreement, (int, float)) else ""
@@ -139,7 +139,7 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
            f"top-1 {result.get('top1', float('nan')):.2f}% after BN recalibration", pruned, seconds)
 
     tuned = out / "pruned-finetuned.safetensors"
-    result, seconds = run_step("finetune", ["finetune", pruned, "--data", train, "--val", val, "--epochs",
+    result, seconds = run_step("finetune", ["finetune", pruned, "--data", train, "--eval-data", val, "--epochs",
                                             finetune_epochs, "--teacher", dense, "--lr", "0.02",
                                             "--batch-size", "64", "--out", tuned, *common])
     record("finetune (KD)", f"val top-1 {result['best_top1']:.2f}%", tuned, seconds)

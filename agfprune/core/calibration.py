@@ -265,7 +265,7 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, target: str) -> torch.Tens
         return F.cross_entropy(logits, logits.detach().argmax(dim=1))
     if labels.numel() and (int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0):
         raise DataError(f"the data has label {int(labels.max())} but the model predicts only "
-                        f"{logits.shape[1]} classes (use --target self for unlabelled data)")
+                        f"{logits.shape[1]} classes (use --calib-loss self for unlabelled data)")
     return F.cross_entropy(logits, labels)
 
 
@@ -289,14 +289,14 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
     The model's `.grad` fields are cleared before and after; weights are not changed.
     """
     if batches <= 0:
-        raise UsageError(f"--batches {batches}: must be positive")
+        raise UsageError(f"--calib-batches {batches}: must be positive")
     if target not in TARGETS:
-        raise UsageError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
+        raise UsageError(f"--calib-loss {target!r}: expected one of {', '.join(TARGETS)}")
     if micro_batch is not None and micro_batch <= 0:
         raise UsageError(f"--micro-batch {micro_batch}: must be positive")
     context = context or SINGLE
     if batches < context.world_size:
-        raise UsageError(f"--batches {batches}: fewer than the {context.world_size} processes; "
+        raise UsageError(f"--calib-batches {batches}: fewer than the {context.world_size} processes; "
                          "give every process at least one batch")
     device = torch.device(device)
     dtype = _accumulator_dtype(model)
@@ -316,7 +316,7 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
             try:
                 images, labels = next(iterator)
             except StopIteration:
-                raise DataError(f"--batches {batches}: the data gives only {index} batch(es) of "
+                raise DataError(f"--calib-batches {batches}: the data gives only {index} batch(es) of "
                                 f"{batch_size or 'the requested size'}; use fewer batches or more data") from None
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             batch_size = max(batch_size, len(images))

@@ -43,13 +43,13 @@ class CalibrateRequest:
         from agfprune.core.errors import UsageError
 
         if self.batches <= 0:
-            raise UsageError(f"--batches {self.batches}: must be positive")
+            raise UsageError(f"--calib-batches {self.batches}: must be positive")
         if self.target not in TARGETS:
-            raise UsageError(f"--target {self.target!r}: expected one of {', '.join(TARGETS)}")
+            raise UsageError(f"--calib-loss {self.target!r}: expected one of {', '.join(TARGETS)}")
         if self.micro_batch is not None and self.micro_batch <= 0:
             raise UsageError(f"--micro-batch {self.micro_batch}: must be positive")
         if self.batches < env_world_size():
-            raise UsageError(f"--batches {self.batches}: fewer than the {env_world_size()} processes; "
+            raise UsageError(f"--calib-batches {self.batches}: fewer than the {env_world_size()} processes; "
                              "give every process at least one batch")
         LoaderOptions(batch_size=self.batch_size, workers=self.workers).validate()
         resolve_device(self.device)

@@ -207,6 +207,27 @@ def open_dataset(path: str | Path, split: str = "val", transform: Callable | Non
     return load_image_folder(path, split, transform, skip_bad_images)
 
 
+def count_images(path: str | Path, split: str) -> int:
+    """How many images `open_dataset(path, split)` gives, without decoding any (synthetic: none made)."""
+    if str(path).startswith("synthetic:"):
+        return _parse_synthetic(str(path))
+    return len(open_dataset(path, split))  # type: ignore[arg-type]
+
+
+def check_enough_batches(path: str | Path, split: str, batches: int, batch_size: int, limit: int | None, *,
+                         batches_option: str = "--calib-batches", size_option: str = "--calib-batch-size") -> int:
+    """Refuse, before any model is loaded, a request for more batches than the data holds."""
+    count = count_images(path, split)
+    usable = count if limit is None else min(count, limit)
+    available = -(-usable // batch_size)
+    if available < batches:
+        limited = f" (--limit {limit})" if limit is not None and limit < count else ""
+        raise DataError(f"{batches_option} {batches} × {size_option} {batch_size} needs {batches * batch_size} "
+                         f"images, but --data {path} ({split}) has {usable}{limited}, i.e. {available} batch(es); "
+                         f"lower {batches_option} or {size_option}, or give more data")
+    return usable
+
+
 def _parse_synthetic(text: str) -> int:
     try:
         count = int(text.split(":", 1)[1])
@@ -235,6 +256,28 @@ def build_transform(data_config: dict[str, Any], train: bool = False) -> Callabl
             T.ToTensor(), T.Normalize(config["mean"], config["std"]),
         ])
     return create_transform(**config, is_training=train)
+
+
+@dataclass
+class DataOverrides:
+    """--img-size/--mean/--std as given (None: keep the model's own data config)."""
+
+    img_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def validate(self) -> None:
+        """Checks that need no model (the channel count is checked in apply)."""
+        if self.img_size is not None and self.img_size <= 0:
+            raise UsageError(f"--img-size {self.img_size}: must be positive")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise UsageError("--std values must be positive")
+
+    def apply(self, config: dict[str, Any]) -> dict[str, Any]:
+        return data_config_overrides(config, self.img_size, self.mean, self.std)
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.img_size, self.mean, self.std))
 
 
 def data_config_overrides(base: dict[str, Any], img_size: int | None = None,

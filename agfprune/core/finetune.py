@@ -85,6 +85,7 @@ class FinetuneConfig:
     amp: bool = True
     eval_initial: bool = True
     skip_bad_images: bool = False
+    data_overrides: Any = None  # DataOverrides from --img-size/--mean/--std
 
 
 @dataclass
@@ -205,7 +206,7 @@ def _validate_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--save-every {config.save_every}: must be ≥ 0 (0 = only at epoch ends)")
     if not 0 <= config.warmup_epochs <= config.epochs:
         raise UsageError(f"--warmup-epochs {config.warmup_epochs}: must be between 0 and --epochs")
-    for name, value in (("--limit", config.limit), ("--val-limit", config.val_limit)):
+    for name, value in (("--limit", config.limit), ("--eval-limit", config.val_limit)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} {value}: must be positive")
     if not str(config.out).endswith(".safetensors"):
@@ -213,7 +214,8 @@ def _validate_config(config: FinetuneConfig) -> None:
     LossConfig(config.label_smoothing, config.kd_alpha, config.kd_temperature).validate()
 
 
-def _load_teacher(spec: str, student: LoadedModel, device: torch.device, progress: Progress) -> LoadedModel:
+def _load_teacher(spec: str, student: LoadedModel, device: torch.device, progress: Progress,
+                  overrides: Any = None) -> LoadedModel:
     """A teacher from a checkpoint path or a timm name (hub weights); it must predict the same classes."""
     path = Path(spec)
     if path.exists() or path.suffix in (".safetensors", ".pth", ".pt", ".th", ".bin", ".ckpt"):
@@ -223,6 +225,8 @@ def _load_teacher(spec: str, student: LoadedModel, device: torch.device, progres
     if teacher.num_classes != student.num_classes:
         raise ModelError(f"--teacher {spec}: predicts {teacher.num_classes} classes, but the model being "
                          f"fine-tuned predicts {student.num_classes}; distillation needs the same classes")
+    if overrides:  # --img-size/--mean/--std describe the images, which both models see
+        teacher.data_config = overrides.apply(teacher.data_config)
     if tuple(teacher.input_size) != tuple(student.input_size):
         raise ModelError(f"--teacher {spec}: expects input {tuple(teacher.input_size)}, the student "
                          f"{tuple(student.input_size)}; both must see the same images")
@@ -247,15 +251,15 @@ def _open_data(config: FinetuneConfig, data_config: dict[str, Any], num_classes:
         elif data_path.is_dir() and resolve_image_root(data_path, "val") != data_path:
             val_source = str(data_path)
         else:
-            raise DataError(f"no validation data: --data {config.data} has no val/ split; pass --val PATH")
+            raise DataError(f"no validation data: --data {config.data} has no val/ split; pass --eval-data PATH")
     val = open_dataset(val_source, "val", build_transform(data_config, train=False), config.skip_bad_images)
-    for name, dataset in (("--data", train), ("--val", val)):
+    for name, dataset in (("--data", train), ("--eval-data", val)):
         classes = dataset_classes(dataset)
         if classes > num_classes:
             raise DataError(f"{name}: the data has {classes} classes but the model predicts {num_classes}")
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise DataError(f"{name}: the data set is empty")
-    return subsample(train, config.limit, config.seed), subsample(val, config.val_limit, config.seed + 1)
+    return subsample(train, config.limit, config.seed), subsample(val, config.val_limit, config.seed)
 
 
 def _run_key(config: FinetuneConfig, loaded: LoadedModel, teacher: LoadedModel | None, lr: float,
@@ -439,7 +443,10 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
               device: torch.device, progress: Progress) -> FinetuneResult:
     seed_everything(config.seed)
     loaded = load_model(config.model, config.checkpoint, device=device)
-    teacher = _load_teacher(config.teacher, loaded, device, progress) if config.teacher else None
+    if config.data_overrides:
+        loaded.data_config = config.data_overrides.apply(loaded.data_config)
+    teacher = (_load_teacher(config.teacher, loaded, device, progress, config.data_overrides)
+               if config.teacher else None)
     train_set, val_set = _open_data(config, loaded.data_config, loaded.num_classes)
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.optimizer]
     weight_decay = config.weight_decay if config.weight_decay is not None else DEFAULT_WEIGHT_DECAY[config.optimizer]

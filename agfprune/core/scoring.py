@@ -314,7 +314,7 @@ class ScoreRequest:
             return metric_names()
         names = [part.strip() for part in text.split(",") if part.strip()]
         if not names:
-            raise UsageError(f"--metric is empty; valid metrics: {', '.join(metric_names())} or all")
+            raise UsageError(f"--metrics is empty; valid metrics: {', '.join(metric_names())} or all")
         for name in names:
             metric_class(name)
         return list(dict.fromkeys(names))

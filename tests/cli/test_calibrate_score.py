@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import JPEG_TRAIN, RESNET20_JPEG, assert_one_line_error, needs_shared, random_checkpoint
 
-CALIB = ("--model", "cifar_resnet20", "--data", "synthetic:64", "--batches", "1", "--batch-size", "8",
+CALIB = ("--model", "cifar_resnet20", "--data", "synthetic:64", "--calib-batches", "1", "--calib-batch-size", "8",
          "--device", "cpu", "--quiet")
 
 
@@ -34,7 +34,7 @@ def test_calibrate_reports_what_it_collected(cli, tmp_path):
 
 def test_calibrate_then_score_all_from_the_calibration_alone(cli, calib_file, tmp_path):
     out = tmp_path / "scores.json"
-    result = cli("score", "--calib", calib_file, "--metric", "all", "--out", out, "--json")
+    result = cli("score", "--calib", calib_file, "--metrics", "all", "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert list(summary["metrics"]) == ["agf", "taylor", "magnitude-l1", "magnitude-l2", "bn-scale", "wanda",
@@ -46,26 +46,26 @@ def test_calibrate_then_score_all_from_the_calibration_alone(cli, calib_file, tm
         assert len(entry["groups"]) == 12
         assert all(len(g["scores"]) == g["channels"] for g in entry["groups"])
     again = tmp_path / "again.json"
-    assert cli("score", "--calib", calib_file, "--metric", "all", "--out", again, "--quiet").exit_code == 0
+    assert cli("score", "--calib", calib_file, "--metrics", "all", "--out", again, "--quiet").exit_code == 0
     assert again.read_bytes() == out.read_bytes()
 
 
 def test_score_prints_a_table_by_default(cli, calib_file, tmp_path):
-    result = cli("score", "--calib", calib_file, "--metric", "agf,snip", "--out", tmp_path / "s.json")
+    result = cli("score", "--calib", calib_file, "--metrics", "agf,snip", "--out", tmp_path / "s.json")
     assert result.exit_code == 0, result.stderr
     assert "agf" in result.stdout and "snip" in result.stdout and "groups" in result.stdout
 
 
 def test_magnitude_needs_no_calibration(cli, tmp_path):
     out = tmp_path / "mag.json"
-    result = cli("score", "--model", "cifar_resnet20", "--metric", "magnitude-l1", "--out", out, "--quiet")
+    result = cli("score", "--model", "cifar_resnet20", "--metrics", "magnitude-l1", "--out", out, "--quiet")
     assert result.exit_code == 0, result.stderr
     assert json.loads(out.read_text())["calibration"] is None
 
 
 def test_unknown_metric_lists_valid_ones(cli, calib_file, tmp_path):
     out = tmp_path / "scores.json"
-    result = cli("score", "--calib", calib_file, "--metric", "agff", "--out", out)
+    result = cli("score", "--calib", calib_file, "--metrics", "agff", "--out", out)
     assert_one_line_error(result, 2)
     assert "agff" in result.stderr and "taylor" in result.stderr and "magnitude-l1" in result.stderr
     assert not out.exists()
@@ -73,7 +73,7 @@ def test_unknown_metric_lists_valid_ones(cli, calib_file, tmp_path):
 
 def test_agf_without_calibration_is_refused(cli, tmp_path):
     out = tmp_path / "scores.json"
-    result = cli("score", "--model", "cifar_resnet20", "--metric", "agf", "--out", out)
+    result = cli("score", "--model", "cifar_resnet20", "--metrics", "agf", "--out", out)
     assert_one_line_error(result, 2)
     assert "--calib" in result.stderr and not out.exists()
 
@@ -90,13 +90,13 @@ def test_zero_batches_is_refused(cli, tmp_path):
     out = tmp_path / "calib.safetensors"
     result = cli("calibrate", *[a if a != "1" else "0" for a in CALIB], "--out", out)
     assert_one_line_error(result, 2)
-    assert "--batches 0" in result.stderr and not out.exists()
+    assert "--calib-batches 0" in result.stderr and not out.exists()
 
 
 def test_nan_loss_is_a_numerical_error(cli, tmp_path):
     out = tmp_path / "calib.safetensors"
     bad = random_checkpoint(tmp_path / "nan.safetensors", seed=1, poison=True)
-    result = cli("calibrate", "--checkpoint", bad, "--data", "synthetic:16", "--batches", "1", "--batch-size", "8",
+    result = cli("calibrate", "--checkpoint", bad, "--data", "synthetic:16", "--calib-batches", "1", "--calib-batch-size", "8",
                  "--device", "cpu", "--quiet", "--out", out)
     assert_one_line_error(result, 5)
     assert "batch 1/1" in result.stderr and not out.exists()
@@ -104,7 +104,7 @@ def test_nan_loss_is_a_numerical_error(cli, tmp_path):
 
 
 def test_bad_target_and_not_a_calibration_file(cli, tmp_path):
-    result = cli("calibrate", *CALIB, "--target", "soft", "--out", tmp_path / "c.safetensors")
+    result = cli("calibrate", *CALIB, "--calib-loss", "soft", "--out", tmp_path / "c.safetensors")
     assert_one_line_error(result, 2)
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"nope")
@@ -116,10 +116,10 @@ def test_bad_target_and_not_a_calibration_file(cli, tmp_path):
 @needs_shared(RESNET20_JPEG, JPEG_TRAIN)
 def test_real_resnet20_calibration_ranks_differ_between_metrics(cli, tmp_path):
     calib = tmp_path / "calib.safetensors"
-    result = cli("calibrate", "--checkpoint", RESNET20_JPEG, "--data", JPEG_TRAIN.parent, "--batches", "2",
-                 "--batch-size", "16", "--device", "cpu", "--quiet", "--out", calib)
+    result = cli("calibrate", "--checkpoint", RESNET20_JPEG, "--data", JPEG_TRAIN.parent, "--calib-batches", "2",
+                 "--calib-batch-size", "16", "--device", "cpu", "--quiet", "--out", calib)
     assert result.exit_code == 0, result.stderr
-    result = cli("score", "--calib", calib, "--metric", "agf,magnitude-l1,random", "--json")
+    result = cli("score", "--calib", calib, "--metrics", "agf,magnitude-l1,random", "--json")
     summary = json.loads(result.stdout)["metrics"]
     assert summary["agf"]["spearman_vs_agf"] == pytest.approx(1.0)
     assert summary["magnitude-l1"]["spearman_vs_agf"] < 0.95

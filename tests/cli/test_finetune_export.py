@@ -18,7 +18,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def _finetune_args(checkpoint: Path, out: Path, *extra: str) -> list[str]:
-    return ["finetune", str(checkpoint), "--data", "synthetic:48", "--val", "synthetic:16", "--epochs", "1",
+    return ["finetune", str(checkpoint), "--data", "synthetic:48", "--eval-data", "synthetic:16", "--epochs", "1",
             "--batch-size", "16", "--device", "cpu", "--out", str(out), "--quiet", *extra]
 
 
@@ -48,7 +48,7 @@ def test_finetune_json_then_export_the_result(cli, tiny, tmp_path):
 
 def test_finetune_bad_inputs_are_one_line_errors(cli, tiny, tmp_path):
     out = tmp_path / "run" / "ft.safetensors"
-    missing_val = cli(*_finetune_args(tiny, out, "--val", str(tmp_path / "nope")))
+    missing_val = cli(*_finetune_args(tiny, out, "--eval-data", str(tmp_path / "nope")))
     assert_one_line_error(missing_val, 3)
     assert "data not found" in missing_val.stderr
     teacher = pruned_checkpoint(tmp_path / "t100.safetensors", ratio=0.0, input_px=8, num_classes=100)

@@ -27,10 +27,10 @@ EXPECTED = {signal.SIGINT: (130, "agfprune: error: interrupted"),
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM"),
            pytest.param(signal.SIGKILL, id="SIGKILL")]
 # enough work that the signal always lands mid-computation (seconds), little enough to start fast
-CALIBRATE = ["calibrate", "--model", "cifar_resnet20", "--data", "synthetic:1280", "--batches", "40",
-             "--batch-size", "32", "--device", "cpu"]
+CALIBRATE = ["calibrate", "--model", "cifar_resnet20", "--data", "synthetic:1280", "--calib-batches", "40",
+             "--calib-batch-size", "32", "--device", "cpu"]
 PRUNE = ["prune", "--model", "cifar_resnet20", "--metric", "agf", "--data", "synthetic:1280", "--calib-batches", "40",
-         "--batch-size", "32", "--ratio", "0.5", "--device", "cpu"]
+         "--calib-batch-size", "32", "--ratio", "0.5", "--device", "cpu"]
 
 
 def _interrupt(args: list[str], out: Path, logs: Path, sig: signal.Signals, started) -> str:
@@ -107,7 +107,7 @@ def test_finetune_sigterm_exits_143_and_keeps_complete_files(folders, tmp_path) 
     target = out / "ft.safetensors"
     target.write_bytes(b"previous best weights")
     state = out / "ft.state.pt"
-    args = ["finetune", str(tiny), "--data", "synthetic:320", "--val", "synthetic:16", "--epochs", "3",
+    args = ["finetune", str(tiny), "--data", "synthetic:320", "--eval-data", "synthetic:16", "--epochs", "3",
             "--batch-size", "16", "--device", "cpu", "--save-every", "1", "--quiet", "--no-eval-initial"]
     text = _interrupt(args, target, logs, signal.SIGTERM, lambda _text: state.exists())
     _check_message(text, signal.SIGTERM)
@@ -139,8 +139,8 @@ def test_sigkill_during_a_write_leaves_a_hidden_temporary_that_the_next_write_re
     live = tmp_path / f".calib.safetensors.{os.getppid()}.abcd1234.tmp"
     live.write_bytes(b"someone else is writing")
 
-    assert run(["calibrate", "--model", "cifar_resnet20", "--data", "synthetic:16", "--batches", "1",
-                "--batch-size", "8", "--device", "cpu", "--quiet", "--out", str(target)]) == 0
+    assert run(["calibrate", "--model", "cifar_resnet20", "--data", "synthetic:16", "--calib-batches", "1",
+                "--calib-batch-size", "8", "--device", "cpu", "--quiet", "--out", str(target)]) == 0
     assert not leftovers[0].exists() and live.exists()
     from agfprune.core.calibration import load_calibration
 

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import (JPEG_TRAIN, JPEG_VAL, RESNET56_JPEG, assert_one_line_error, needs_shared,
                             random_checkpoint)
 
-SYNTH = ("--data", "synthetic:64", "--calib-batches", "1", "--batch-size", "8", "--device", "cpu", "--quiet")
+SYNTH = ("--data", "synthetic:64", "--calib-batches", "1", "--calib-batch-size", "8", "--device", "cpu", "--quiet")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_prune_with_a_scores_file_and_refusal_of_another_models_scores(cli, dens
     own, other = tmp_path / "own.json", tmp_path / "other.json"
     other_checkpoint = random_checkpoint(tmp_path / "r32.safetensors", seed=1, arch="cifar_resnet32")
     for checkpoint, path in ((dense, own), (other_checkpoint, other)):
-        scored = cli("score", "--checkpoint", checkpoint, "--metric", "magnitude-l2", "--out", path, "--json")
+        scored = cli("score", "--checkpoint", checkpoint, "--metrics", "magnitude-l2", "--out", path, "--json")
         assert scored.exit_code == 0, scored.stderr
     out = tmp_path / "pruned.safetensors"
     result = cli("prune", "--checkpoint", dense, "--scores", own, "--ratio", "0.5", "--out", out, "--json",
@@ -104,8 +104,8 @@ def test_damaged_checkpoint_is_refused(cli, dense: Path, tmp_path: Path, damage:
 
 
 @pytest.mark.parametrize("args,needle", [
-    ((), "--metric"),
     (("--metric", "agf"), "--data"),
+    (("--calib-loss", "soft"), "--calib-loss"),
     (("--metric", "nope"), "valid metrics"),
     (("--metric", "magnitude-l2", "--steps", "0"), "--steps"),
     (("--metric", "magnitude-l2", "--global", "--max-layer-ratio", "1.5"), "--max-layer-ratio"),
@@ -137,7 +137,7 @@ def test_help_explains_ratio_semantics(cli) -> None:
 def test_real_resnet56_prunes_and_reports_accuracy(cli, tmp_path: Path) -> None:
     out = tmp_path / "r56.safetensors"
     result = cli("prune", "--checkpoint", RESNET56_JPEG, "--metric", "magnitude-l2", "--data", JPEG_TRAIN.parent,
-                 "--limit", "128", "--batch-size", "64", "--bn-recalibrate", "2", "--ratio", "0.5",
+                 "--limit", "128", "--calib-batch-size", "64", "--bn-batches", "2", "--ratio", "0.5",
                  "--eval-data", JPEG_VAL.parent, "--eval-limit", "128", "--out", out, "--device", "cpu",
                  "--json", "--quiet")
     assert result.exit_code == 0, result.stderr

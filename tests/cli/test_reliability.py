@@ -49,9 +49,9 @@ def art(tmp_path_factory) -> dict[str, Path]:
     random_checkpoint(paths["other"], seed=2)
     random_checkpoint(paths["r32"], seed=1, arch="cifar_resnet32")
     random_checkpoint(paths["nan"], seed=1, poison=True)
-    _run_ok("calibrate", "--checkpoint", paths["dense"], "--data", "synthetic:64", "--batches", "1",
-            "--batch-size", "8", "--device", "cpu", "--out", paths["calib"])
-    _run_ok("score", "--calib", paths["calib"], "--checkpoint", paths["dense"], "--metric", "agf",
+    _run_ok("calibrate", "--checkpoint", paths["dense"], "--data", "synthetic:64", "--calib-batches", "1",
+            "--calib-batch-size", "8", "--device", "cpu", "--out", paths["calib"])
+    _run_ok("score", "--calib", paths["calib"], "--checkpoint", paths["dense"], "--metrics", "agf",
             "--out", paths["scores"])
     _run_ok("prune", "--checkpoint", paths["dense"], "--scores", paths["scores"], "--ratio", "0.5",
             "--device", "cpu", "--out", paths["pruned"])
@@ -170,25 +170,25 @@ CASES = [
     ("info-unknown-suffix", MODEL, ["info", "{router}"], "unknown checkpoint type"),
     ("info-model-mismatch", MODEL, ["info", "--model", "cifar_resnet20", "--checkpoint", "{r32}"], "cifar_resnet32"),
     # calibrate
-    ("calibrate-batches-0", USAGE, ["calibrate", "--checkpoint", "{dense}", "--data", "synthetic:8", "--batches", "0",
-                                    "--out", "c.safetensors"], "--batches"),
-    ("calibrate-target", USAGE, ["calibrate", "--checkpoint", "{dense}", "--data", "synthetic:8", "--target", "soft",
-                                 "--out", "c.safetensors"], "--target"),
+    ("calibrate-batches-0", USAGE, ["calibrate", "--checkpoint", "{dense}", "--data", "synthetic:8", "--calib-batches", "0",
+                                    "--out", "c.safetensors"], "--calib-batches"),
+    ("calibrate-target", USAGE, ["calibrate", "--checkpoint", "{dense}", "--data", "synthetic:8", "--calib-loss", "soft",
+                                 "--out", "c.safetensors"], "--calib-loss"),
     ("calibrate-too-few-images", DATA, ["calibrate", "--checkpoint", "{dense}", "--data", "synthetic:8",
-                                        "--batches", "4", "--batch-size", "8", "--out", "c.safetensors"],
-     "--batches 4"),
+                                        "--calib-batches", "4", "--calib-batch-size", "8", "--out", "c.safetensors"],
+     "--calib-batches 4"),
     ("calibrate-labels-beyond-classes", DATA, ["calibrate", "--checkpoint", "{dense}", "--data", "{labels_npz}",
-                                               "--batches", "1", "--batch-size", "8", "--out", "c.safetensors"],
+                                               "--calib-batches", "1", "--calib-batch-size", "8", "--out", "c.safetensors"],
      "label 50"),
     ("calibrate-nan-weights", NUMERICAL, ["calibrate", "--checkpoint", "{nan}", "--data", "synthetic:16",
-                                          "--batches", "1", "--batch-size", "8", "--device", "cpu",
+                                          "--calib-batches", "1", "--calib-batch-size", "8", "--device", "cpu",
                                           "--out", "c.safetensors"], "batch 1/1"),
     ("calibrate-out-is-folder", OUTPUT, ["calibrate", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                          "--out", "."], "folder"),
     ("calibrate-out-under-file", OUTPUT, ["calibrate", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                           "--out", "{a_file}/c.safetensors"], "it is a file"),
     # score
-    ("score-unknown-metric", USAGE, ["score", "--calib", "{calib}", "--metric", "agff", "--out", "s.json"], "taylor"),
+    ("score-unknown-metric", USAGE, ["score", "--calib", "{calib}", "--metrics", "agff", "--out", "s.json"], "taylor"),
     ("score-no-out", USAGE, ["score", "--calib", "{calib}"], "--out"),
     ("score-normalizer", USAGE, ["score", "--calib", "{calib}", "--normalizer", "z", "--out", "s.json"],
      "--normalizer"),
@@ -215,7 +215,7 @@ CASES = [
                                    "--eval-data", "synthetic:8", "--eval-limit", "0", "--out", "p.safetensors"],
      "--eval-limit"),
     ("prune-calib-target", USAGE, ["prune", "--checkpoint", "{dense}", "--metric", "magnitude-l1", "--ratio", "0.5",
-                                   "--calib-target", "soft", "--out", "p.safetensors"], "--calib-target"),
+                                   "--calib-loss", "soft", "--out", "p.safetensors"], "--calib-loss"),
     ("prune-ignore-matches-nothing", USAGE, ["prune", "--checkpoint", "{dense}", "--scores", "{scores}",
                                              "--ratio", "0.5", "--ignore", "nope.*", "--out", "p.safetensors"],
      "--ignore"),
@@ -262,7 +262,7 @@ CASES = [
     ("finetune-garbage-state", MODEL, ["finetune", "{pruned}", "--data", "synthetic:16", "--resume",
                                        "--state", "{garbage_pth}", "--device", "cpu", "--out", "f.safetensors"],
      "state"),
-    ("finetune-nan-weights", NUMERICAL, ["finetune", "{nan}", "--data", "synthetic:16", "--val", "synthetic:8",
+    ("finetune-nan-weights", NUMERICAL, ["finetune", "{nan}", "--data", "synthetic:16", "--eval-data", "synthetic:8",
                                          "--batch-size", "8", "--epochs", "1", "--device", "cpu",
                                          "--out", "f.safetensors"], "step 0"),
     ("finetune-out-under-file", OUTPUT, ["finetune", "{pruned}", "--data", "synthetic:16",
@@ -276,32 +276,32 @@ CASES = [
     ("export-pickle-needing-code", MODEL, ["export", "{evil}", "--format", "onnx", "--out", "e.onnx"], "refused"),
     ("export-out-is-folder", OUTPUT, ["export", "{pruned}", "--format", "safetensors", "--out", "."], "folder"),
     # compare
-    ("compare-ratio", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8", "--eval-data",
+    ("compare-ratio", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8", "--eval-data",
                               "synthetic:8", "--ratios", "0.5,1.5", "--out", "cmp"], "--ratio"),
-    ("compare-metric", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8", "--eval-data",
+    ("compare-metric", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8", "--eval-data",
                                "synthetic:8", "--metrics", "agf,nope", "--out", "cmp"], "nope"),
-    ("compare-missing-out", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8",
+    ("compare-missing-out", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                     "--eval-data", "synthetic:8"], "--out"),
-    ("compare-finetune-lr-nan", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8",
+    ("compare-finetune-lr-nan", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                         "--eval-data", "synthetic:8", "--finetune-lr", "nan", "--out", "cmp"],
      "--finetune-lr"),
-    ("compare-eval-limit-0", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8",
+    ("compare-eval-limit-0", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                      "--eval-data", "synthetic:8", "--eval-limit", "0", "--out", "cmp"],
      "--eval-limit"),
-    ("compare-too-few-images", DATA, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8",
+    ("compare-too-few-images", DATA, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                       "--eval-data", "synthetic:8", "--metrics", "magnitude-l1", "--seeds", "1",
-                                      "--ratios", "0.5", "--device", "cpu", "--out", "cmp"], "--batches"),
-    ("compare-baseline", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8", "--eval-data",
+                                      "--ratios", "0.5", "--device", "cpu", "--out", "cmp"], "--calib-batches"),
+    ("compare-baseline", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8", "--eval-data",
                                  "synthetic:8", "--baselines", "dense", "--out", "cmp"], "--baselines"),
-    ("compare-scratch-no-budget", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8",
+    ("compare-scratch-no-budget", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                           "--eval-data", "synthetic:8", "--baselines", "scratch", "--out", "cmp"],
      "--scratch-epochs"),
-    ("compare-reference", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8", "--eval-data",
+    ("compare-reference", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8", "--eval-data",
                                   "synthetic:8", "--reference", "nope", "--out", "cmp"], "nope"),
-    ("compare-teacher-no-finetune", USAGE, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8",
+    ("compare-teacher-no-finetune", USAGE, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                             "--eval-data", "synthetic:8", "--finetune-teacher", "--out", "cmp"],
      "--finetune-epochs"),
-    ("compare-out-is-file", OUTPUT, ["compare", "--checkpoint", "{dense}", "--calib-data", "synthetic:8",
+    ("compare-out-is-file", OUTPUT, ["compare", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                      "--eval-data", "synthetic:8", "--out", "{a_file}"], "it is a file"),
     # route
     ("route-calibrate-no-objective", USAGE, ["route", "calibrate", "--light", "{pruned}", "--heavy", "{dense}",
@@ -404,7 +404,7 @@ def test_fuzz_prune_ratio(cli, art, ratio) -> None:
 
 
 @FUZZ
-@given(option=st.sampled_from(["--batches", "--batch-size"]), value=st.integers(max_value=0))
+@given(option=st.sampled_from(["--calib-batches", "--calib-batch-size"]), value=st.integers(max_value=0))
 def test_fuzz_calibrate_counts(cli, art, option, value) -> None:
     _fuzz_refusal(cli, art, USAGE, ["calibrate", "--checkpoint", "{dense}", "--data", "synthetic:8",
                                     option, str(value), "--out", "c.safetensors"])
@@ -522,10 +522,10 @@ def test_config_sections_of_sub_commands_are_nested(cli, art, tmp_path, monkeypa
     result = _expect_refusal(cli, USAGE, ["route", "calibrate", "--config", config, "--quiet"], [tmp_path])
     assert "route calibrate: batches" in result.stderr
     # and the top-level section still configures `agfprune calibrate`
-    config.write_text("calibrate:\n  batches: 0\n")
+    config.write_text("calibrate:\n  calib_batches: 0\n")
     result = _expect_refusal(cli, USAGE, ["calibrate", "--checkpoint", art["dense"], "--data", "synthetic:8",
                                           "--config", config, "--quiet"], [tmp_path])
-    assert "--batches 0" in result.stderr
+    assert "--calib-batches 0" in result.stderr
 
 
 def test_outputs_get_normal_permissions(art) -> None:

@@ -32,7 +32,7 @@ def test_torchrun_two_process_gloo_finetune(tmp_path):
     checkpoint = pruned_checkpoint(tmp_path / "tiny.safetensors", ratio=0.75, input_px=8)
     out = tmp_path / "out" / "ft.safetensors"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-               "-m", "agfprune", "finetune", str(checkpoint), "--data", "synthetic:128", "--val", "synthetic:33",
+               "-m", "agfprune", "finetune", str(checkpoint), "--data", "synthetic:128", "--eval-data", "synthetic:33",
                "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--save-every", "2",
                "--out", str(out), "--json", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -110,7 +110,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny, tmp_path):
-    args = ["finetune", str(tiny), "--data", "synthetic:320", "--val", "synthetic:32", "--epochs", "2",
+    args = ["finetune", str(tiny), "--data", "synthetic:320", "--eval-data", "synthetic:32", "--epochs", "2",
             "--batch-size", "16", "--lr", "0.05", "--device", "cpu", "--save-every", "3", "--quiet",
             "--no-eval-initial", "--seed", "3"]
     reference = tmp_path / "ref" / "ft.safetensors"
@@ -142,7 +142,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny, tmp_path)
 @pytest.mark.slow
 def test_sigint_exits_130_and_leaves_no_partial_files(tiny, tmp_path):
     out = tmp_path / "run" / "ft.safetensors"
-    process = start_agfprune(["finetune", tiny, "--data", "synthetic:320", "--val", "synthetic:16", "--epochs", "3",
+    process = start_agfprune(["finetune", tiny, "--data", "synthetic:320", "--eval-data", "synthetic:16", "--epochs", "3",
                               "--batch-size", "16", "--device", "cpu", "--save-every", "1", "--quiet",
                               "--no-eval-initial", "--out", out], stderr=subprocess.PIPE, text=True)
     state = out.with_name("ft.state.pt")

@@ -11,16 +11,15 @@ from agfprune.cli import options as o
 
 
 def calibrate_command(
+    checkpoint_arg: o.CheckpointArg = None,
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     pretrained: o.PretrainedOpt = False,
     data: o.DataOpt = Path("data"),
     split: Annotated[str, typer.Option("--split", help="Which split of --data to draw batches from.")] = "train",
-    batches: Annotated[int, typer.Option("--batches", "-n", help="Number of batches (forward+backward passes).")] = 16,
-    batch_size: o.BatchSizeOpt = 64,
-    target: Annotated[str, typer.Option(
-        "--target", help="Loss: 'labels' (cross-entropy on the data's labels) or 'self' (cross-entropy "
-                         "against the model's own top-1 prediction; for unlabelled images).")] = "labels",
+    batches: o.CalibBatchesOpt = o.DEFAULT_CALIB_BATCHES,
+    batch_size: o.CalibBatchSizeOpt = o.DEFAULT_CALIB_BATCH_SIZE,
+    target: o.CalibLossOpt = "labels",
     out: Annotated[Path, typer.Option("--out", "-o", help="Output calibration file (.safetensors).")] = Path("calib.safetensors"),
     micro_batch: Annotated[Optional[int], typer.Option(
         "--micro-batch", help="Run each batch as chunks of at most this many images (same statistics, "
@@ -48,7 +47,7 @@ def calibrate_command(
     from agfprune.core.calibration_run import CalibrateRequest, run_calibration
 
     request = CalibrateRequest(
-        data=str(data), out=out, model=model, checkpoint=checkpoint, pretrained=pretrained, split=split,
+        data=str(data), out=out, model=model, checkpoint=o.checkpoint_of(checkpoint_arg, checkpoint), pretrained=pretrained, split=split,
         batches=batches, batch_size=batch_size, target=target, micro_batch=micro_batch, workers=workers,
         img_size=img_size, mean=o.parse_floats(mean, "--mean"), std=o.parse_floats(std, "--std"),
         device=device, amp=amp, seed=seed, skip_bad_images=skip_bad_images)

@@ -13,10 +13,11 @@ DEFAULT_METRICS = "agf,taylor,magnitude-l1,magnitude-l2,bn-scale,wanda,ria,snip,
 
 
 def compare_command(
+    checkpoint_arg: o.CheckpointArg = None,
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     calib_data: Annotated[Optional[Path], typer.Option(
-        "--calib-data", help="(required) Images for calibration, BN recalibration and finetuning (train/ split).")] = None,
+        "--data", "-d", help="(required) Images for calibration, BN recalibration and finetuning (train/ split).")] = None,
     eval_data: Annotated[Optional[Path], typer.Option(
         "--eval-data", help="(required) Images to report accuracy on (val/ split).")] = None,
     metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated metric names.")] = DEFAULT_METRICS,
@@ -32,10 +33,11 @@ def compare_command(
     prune_heads: Annotated[bool, typer.Option(
         "--prune-heads", help="ViTs: remove whole attention heads (the ratio of each attention's heads) instead "
                               "of head dimensions; MLP neurons and the embedding follow --allocation.")] = False,
-    calib_batches: Annotated[int, typer.Option("--calib-batches", help="Calibration batches per seed.")] = 16,
-    calib_batch_size: Annotated[int, typer.Option("--calib-batch-size", help="Images per calibration batch.")] = 64,
-    bn_batches: Annotated[int, typer.Option("--bn-batches", help="BN recalibration batches after pruning (0: off).")] = 16,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Evaluate on a seeded subset.")] = None,
+    calib_batches: o.CalibBatchesOpt = o.DEFAULT_CALIB_BATCHES,
+    calib_batch_size: o.CalibBatchSizeOpt = o.DEFAULT_CALIB_BATCH_SIZE,
+    bn_batches: Annotated[int, typer.Option(
+        "--bn-batches", help="Batches to re-estimate BatchNorm statistics on after pruning (0 turns it off).")] = 16,
+    eval_limit: o.EvalLimitOpt = None,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Equal finetuning budget per cell (0: none).")] = 0,
     finetune_limit: Annotated[Optional[int], typer.Option("--finetune-limit", help="Images per finetuning epoch (seeded subset).")] = None,
     finetune_lr: Annotated[float, typer.Option("--finetune-lr", help="Peak SGD learning rate (cosine schedule).")] = 0.01,
@@ -51,7 +53,10 @@ def compare_command(
         "--reference", help="Metric that every metric is paired against (besides random); scratch takes its shapes.")] = "agf",
     report_only: Annotated[bool, typer.Option(
         "--report-only", help="Compute nothing: write results.* from the cells finished so far (marked partial).")] = False,
-    batch_size: o.BatchSizeOpt = 256,
+    batch_size: o.BatchSizeOpt = o.DEFAULT_BATCH_SIZE,
+    img_size: o.ImgSizeOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
     workers: o.WorkersOpt = 0,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="(required) Output folder (resumable).")] = None,
     device: o.DeviceOpt = "auto",
@@ -65,16 +70,17 @@ def compare_command(
     same command again reuses finished cells. Under `torchrun --nproc-per-node N -m agfprune compare ...`
     the cells are spread over the ranks and rank 0 writes the reports.
     """
-    from agfprune.cli.common import load_model_from_options
+    from agfprune.cli.common import data_overrides, load_model_from_options
     from agfprune.cli.output import RichProgress, print_json, stdout
     from agfprune.core.atomic import check_outputs
     from agfprune.core.compare import COMPARE_FILES, CompareConfig, rank_and_world, render_markdown, run_compare
     from agfprune.core.device import configure_threads, rank_device, resolve_device
 
-    o.require(calib_data, "--calib-data")
+    o.require(calib_data, "--data")
     o.require(eval_data, "--eval-data")
     o.require(out, "--out")
     rank, world = rank_and_world()
+    overrides = data_overrides(img_size, mean, std)
     torch_device = rank_device(resolve_device(device))
     ratio_values = o.parse_floats(ratios, "--ratios") or ()
     compare_config = CompareConfig(
@@ -92,7 +98,9 @@ def compare_command(
     check_outputs({f"--out file {name}": Path(out) / name for name in COMPARE_FILES},
                   {"--checkpoint": checkpoint, "--calib-data": calib_data, "--eval-data": eval_data})
     configure_threads()
-    loaded = load_model_from_options(model, checkpoint, False, torch_device)
+    loaded = load_model_from_options(model, o.checkpoint_of(checkpoint_arg, checkpoint), False, torch_device)
+    if overrides:
+        loaded.data_config = overrides.apply(loaded.data_config)
     results = run_compare(loaded, compare_config, torch_device, RichProgress(quiet or rank != 0))
     if results is None:  # another rank than 0: rank 0 prints the results
         return

@@ -11,13 +11,12 @@ from agfprune.cli import options as o
 
 
 def eval_command(
-    checkpoint_arg: Annotated[Optional[Path], typer.Argument(
-        metavar="[CHECKPOINT]", help="Checkpoint to evaluate (same as --checkpoint).")] = None,
+    checkpoint_arg: o.CheckpointArg = None,
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     pretrained: o.PretrainedOpt = False,
     data: o.DataOpt = None,
-    batch_size: o.BatchSizeOpt = 128,
+    batch_size: o.BatchSizeOpt = o.DEFAULT_BATCH_SIZE,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
     skip_bad_images: o.SkipBadImagesOpt = False,
@@ -50,7 +49,7 @@ def eval_command(
 
     request = EvalRequest(
         data=None if data is None else str(data), model=model,
-        checkpoint=str(checkpoint_arg or checkpoint) if (checkpoint_arg or checkpoint) else None,
+        checkpoint=(str(o.checkpoint_of(checkpoint_arg, checkpoint)) if (checkpoint_arg or checkpoint) else None),
         pretrained=pretrained, compare_to=str(compare_to) if compare_to else None, batch_size=batch_size,
         workers=workers, limit=limit, img_size=img_size, mean=parse_floats(mean, "--mean"),
         std=parse_floats(std, "--std"), latency_repeats=latency_repeats, threads=threads, device=device,

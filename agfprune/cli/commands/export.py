@@ -11,11 +11,12 @@ from agfprune.cli import options as o
 
 
 def export_command(
-    checkpoint_arg: Annotated[Path, typer.Argument(
-        metavar="CHECKPOINT", help="Checkpoint to export (pruned or dense).")],
-    export_format: Annotated[str, typer.Option(
-        "--format", "-f", help="onnx (dynamic batch axis; needs the [export] extra), torchscript or safetensors.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
+    checkpoint_arg: o.CheckpointArg = None,
+    export_format: Annotated[Optional[str], typer.Option(
+        "--format", "-f", help="(required) onnx (dynamic batch axis; needs the [export] extra), torchscript or "
+                               "safetensors.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="(required) Output file.")] = None,
+    checkpoint: o.CheckpointOpt = None,
     model: o.ModelOpt = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", help="Batch size of the example input (parity is also checked at 1 and N+1).")] = 2,
@@ -33,9 +34,12 @@ def export_command(
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
     from agfprune.core.export import check_export_request, export_model
 
-    check_export_request(export_format.lower(), out, source=checkpoint_arg, batch_size=batch_size, opset=opset,
+    checkpoint_path = o.require(o.checkpoint_of(checkpoint_arg, checkpoint), "CHECKPOINT (or --checkpoint)")
+    o.require(export_format, "--format")
+    o.require(out, "--out")
+    check_export_request(export_format.lower(), out, source=checkpoint_path, batch_size=batch_size, opset=opset,
                          torchscript_mode=torchscript_mode.lower())
-    loaded = load_model_from_options(model, checkpoint_arg, False, "cpu")
+    loaded = load_model_from_options(model, checkpoint_path, False, "cpu")
     loaded.data_config = data_config_from_options(loaded, img_size, None, None)
     report = export_model(loaded, export_format.lower(), out, batch_size=batch_size, opset=opset,
                           torchscript_mode=torchscript_mode.lower(), seed=seed, progress=RichProgress(quiet))

@@ -11,14 +11,14 @@ from agfprune.cli import options as o
 
 
 def finetune_command(
-    checkpoint_arg: Annotated[Path, typer.Argument(
-        metavar="CHECKPOINT", help="Checkpoint to fine-tune: pruned or dense (any file `eval` accepts).")],
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Best weights (by val top-1) go here, NAME.safetensors; the last epoch's "
-        "weights beside it as NAME.last.safetensors.")],
+    checkpoint_arg: o.CheckpointArg = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="(required) Best weights (by val top-1) go here, NAME.safetensors; the last epoch's "
+        "weights beside it as NAME.last.safetensors.")] = None,
+    checkpoint: o.CheckpointOpt = None,
     data: o.DataOpt = Path("data"),
     val: Annotated[Optional[str], typer.Option(
-        "--val", help="Validation data (default: the val/ split of --data, when it has one).")] = None,
+        "--eval-data", help="Validation data (default: the val/ split of --data, when it has one).")] = None,
     model: o.ModelOpt = None,
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Passes over the training data.")] = 10,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd (momentum 0.9, Nesterov) or adamw.")] = "sgd",
@@ -34,12 +34,11 @@ def finetune_command(
     kd_alpha: Annotated[float, typer.Option(
         "--kd-alpha", help="Weight of the distillation loss (0..1); used only with --teacher.")] = 0.5,
     kd_temperature: Annotated[float, typer.Option("--kd-temperature", help="Distillation temperature.")] = 4.0,
-    batch_size: o.BatchSizeOpt = 128,
+    batch_size: o.BatchSizeOpt = o.DEFAULT_BATCH_SIZE,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
     skip_bad_images: o.SkipBadImagesOpt = False,
-    val_limit: Annotated[Optional[int], typer.Option(
-        "--val-limit", help="Validate on a seeded random subset of N images.")] = None,
+    val_limit: o.EvalLimitOpt = None,
     save_every: Annotated[int, typer.Option(
         "--save-every", help="Write the resumable state every N optimiser steps (also at each epoch end; 0 = epoch ends only).")] = 200,
     state: Annotated[Optional[Path], typer.Option(
@@ -47,6 +46,9 @@ def finetune_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the state file.")] = False,
     log: Annotated[Optional[Path], typer.Option(
         "--log", help="JSON-lines log, one line per epoch [default: NAME.log.jsonl beside --out].")] = None,
+    img_size: o.ImgSizeOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
     eval_initial: Annotated[bool, typer.Option(
         "--eval-initial/--no-eval-initial", help="Validate once before training (logged as epoch 0).")] = True,
     device: o.DeviceOpt = "auto",
@@ -59,16 +61,19 @@ def finetune_command(
     """Fine-tune a (pruned) checkpoint; keep the best and the last weights; resumable; torchrun-ready."""
     import os
 
+    from agfprune.cli.common import data_overrides
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout, table
     from agfprune.core.finetune import FinetuneConfig, finetune
 
+    o.require(out, "--out")
     settings = FinetuneConfig(
-        checkpoint=checkpoint_arg, data=str(data), val=val, out=out, model=model, epochs=epochs,
+        checkpoint=o.require(o.checkpoint_of(checkpoint_arg, checkpoint), "CHECKPOINT (or --checkpoint)"), data=str(data), val=val, out=out, model=model, epochs=epochs,
         optimizer=optimizer.lower(), lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing, teacher=teacher, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
         batch_size=batch_size, workers=workers, limit=limit, val_limit=val_limit, save_every=save_every,
         state=state, log=log, resume=resume, seed=seed, device=device, amp=amp, eval_initial=eval_initial,
         skip_bad_images=skip_bad_images,
+        data_overrides=data_overrides(img_size, mean, std),
     )
     result = finetune(settings, RichProgress(quiet))
     if os.environ.get("RANK", "0") != "0":

@@ -11,20 +11,25 @@ from agfprune.cli import options as o
 
 
 def info_command(
-    checkpoint_arg: Annotated[Optional[Path], typer.Argument(
-        metavar="[CHECKPOINT]", help="Checkpoint to describe (same as --checkpoint).")] = None,
+    checkpoint_arg: o.CheckpointArg = None,
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     pretrained: o.PretrainedOpt = False,
+    img_size: o.ImgSizeOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
     json_output: o.JsonOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
     """Params, MACs, prunable layers, data config and checkpoint metadata of a model."""
-    from agfprune.cli.common import load_model_from_options
+    from agfprune.cli.common import data_overrides, load_model_from_options
     from agfprune.cli.output import key_value_table, print_json, stdout, table
     from agfprune.core.inspect import describe_model
 
-    loaded = load_model_from_options(model, checkpoint_arg or checkpoint, pretrained, "cpu")
+    overrides = data_overrides(img_size, mean, std)
+    loaded = load_model_from_options(model, o.checkpoint_of(checkpoint_arg, checkpoint), pretrained, "cpu")
+    if overrides:
+        loaded.data_config = overrides.apply(loaded.data_config)
     summary = describe_model(loaded)
     if json_output:
         print_json(summary)

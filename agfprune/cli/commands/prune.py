@@ -17,14 +17,16 @@ RATIO_HELP = (
 
 
 def prune_command(
-    ratio: Annotated[float, typer.Option("--ratio", "-r", help=RATIO_HELP)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Pruned checkpoint to write (.safetensors).")],
+    checkpoint_arg: o.CheckpointArg = None,
+    ratio: Annotated[Optional[float], typer.Option("--ratio", "-r", help="(required) " + RATIO_HELP)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="(required) Pruned checkpoint to write (.safetensors).")] = None,
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     pretrained: o.PretrainedOpt = False,
     metric: Annotated[Optional[str], typer.Option(
         "--metric", help="Metric that scores channels (agf, taylor, magnitude-l1, magnitude-l2, bn-scale, wanda, "
-                         "ria, snip, random); agf when only --calib is given.")] = None,
+                         "ria, snip, random) [default: agf with --data or --calib, magnitude-l2 without].")] = None,
     data: Annotated[Optional[Path], typer.Option(
         "--data", "-d", help="Images to calibrate on and to recalibrate BatchNorm with (train split): ImageFolder "
                              "root, .npz or synthetic:N.")] = None,
@@ -60,22 +62,19 @@ def prune_command(
                              "--prune-heads); implies --prune-heads.")] = None,
     steps: Annotated[int, typer.Option(
         "--steps", help="Iterative pruning in K steps, re-scoring (and recalibrating) in between.")] = 1,
-    bn_recalibrate: Annotated[Optional[int], typer.Option(
-        "--bn-recalibrate", help="Batches of --data to re-estimate BatchNorm statistics on after pruning "
-                                 "(default: --calib-batches when --data is given; 0 turns it off).")] = None,
-    calib_batches: Annotated[int, typer.Option(
-        "--calib-batches", help="Calibration batches per scoring step (metrics that need gradients/activations).")] = 16,
-    calib_target: Annotated[str, typer.Option(
-        "--calib-target", help="Calibration loss: labels (cross-entropy) or self (KL to the model's own "
-                               "predictions).")] = "labels",
+    bn_recalibrate: o.BnBatchesOpt = None,
+    calib_batches: o.CalibBatchesOpt = o.DEFAULT_CALIB_BATCHES,
+    calib_target: o.CalibLossOpt = "labels",
     eval_data: Annotated[Optional[Path], typer.Option(
         "--eval-data", help="Also report top-1/top-5 of the pruned model on this data's val split.")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option(
-        "--eval-limit", help="Evaluate on a seeded random subset of N images.")] = None,
-    batch_size: o.BatchSizeOpt = 64,
+    eval_limit: o.EvalLimitOpt = None,
+    batch_size: o.CalibBatchSizeOpt = o.DEFAULT_CALIB_BATCH_SIZE,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
     skip_bad_images: o.SkipBadImagesOpt = False,
+    img_size: o.ImgSizeOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
     device: o.DeviceOpt = "auto",
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
@@ -84,21 +83,28 @@ def prune_command(
 ) -> None:
     """Prune channels structurally (coupled channels go together), recalibrate BatchNorm, save a checkpoint
     that `agfprune eval/info` and `agfprune.load()` rebuild without --model."""
+    from agfprune.cli.common import data_overrides
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
     from agfprune.core.pruning import PruneOptions, PruneRequest, run_prune
 
+    o.require(ratio, "--ratio")
+    o.require(out, "--out")
     options = PruneOptions(ratio=ratio, target=target, global_pruning=global_pruning,
                            max_layer_ratio=max_layer_ratio, round_to=round_to, ignore=list(ignore or []),
                            prune_heads=prune_heads, head_ratio=head_ratio, steps=steps, normalizer=normalizer,
                            cost_aware=cost_aware)
-    request = PruneRequest(out=out, options=options, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    request = PruneRequest(out=out, options=options, model=model, checkpoint=o.checkpoint_of(checkpoint_arg, checkpoint),
+                           pretrained=pretrained,
                            metric=metric, data=data, calib=calib, scores=scores, calib_batches=calib_batches,
                            calib_target=calib_target, bn_recalibrate=bn_recalibrate, batch_size=batch_size,
                            workers=workers, limit=limit, seed=seed, device=device, eval_data=eval_data,
-                           eval_limit=eval_limit, skip_bad_images=skip_bad_images)
+                           eval_limit=eval_limit, skip_bad_images=skip_bad_images,
+                           data_overrides=data_overrides(img_size, mean, std))
     _result, summary = run_prune(request, RichProgress(quiet or json_output))
     if json_output:
         print_json(summary)
         return
-    shown = {k: v for k, v in summary.items() if k not in ("calibration", "ignore", "input_size")}
+    shown = {k: v for k, v in summary.items() if k not in ("calibration", "ignore", "input_size", "notes")}
     stdout.print(key_value_table(f"pruned {summary['model']} -> {summary['out']}", shown))
+    for note in summary["notes"]:
+        stdout.print(f"note: {note}", markup=False, highlight=False)

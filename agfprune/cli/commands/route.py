@@ -24,7 +24,7 @@ HeavyModelOpt = Annotated[Optional[str], typer.Option(
     "--heavy-model", help="timm name for a heavy checkpoint without metadata.")]
 SplitSeedOpt = Annotated[Optional[int], typer.Option(
     "--split-seed", help="Seed of the permutation that splits the val images into halves.")]
-RouterOpt = Annotated[Optional[Path], typer.Option("--router", "-r", help="(required) router.yaml written by `route calibrate`.")]
+RouterOpt = Annotated[Optional[Path], typer.Option("--router", help="(required) router.yaml written by `route calibrate`.")]
 LightOverrideOpt = Annotated[Optional[Path], typer.Option(
     "--light", help="Use this light checkpoint instead of the recorded path (fingerprint must match).")]
 HeavyOverrideOpt = Annotated[Optional[Path], typer.Option(
@@ -79,10 +79,13 @@ def calibrate_command(
     split_half: Annotated[str, typer.Option(
         "--split-half", help="Calibrate on the first or second seeded half of the val images, or none (all).")] = "first",
     split_seed: SplitSeedOpt = 0,
-    batch_size: o.BatchSizeOpt = 128,
+    batch_size: o.BatchSizeOpt = o.DEFAULT_BATCH_SIZE,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
     skip_bad_images: o.SkipBadImagesOpt = False,
+    img_size: o.ImgSizeOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
     device: o.DeviceOpt = "auto",
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
@@ -90,6 +93,7 @@ def calibrate_command(
     config: o.ConfigOpt = None,
 ) -> None:
     """Run both experts over one half of --data, pick the threshold meeting the objective, write router.yaml."""
+    from agfprune.cli.common import data_overrides
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
     from agfprune.core.data import LoaderOptions
     from agfprune.core.device import resolve_device, seed_everything
@@ -100,6 +104,7 @@ def calibrate_command(
     for value, name in ((light, "--light"), (heavy, "--heavy"), (data, "--data"), (out, "--out")):
         o.require(value, name)
     check_signal(signal)
+    overrides = data_overrides(img_size, mean, std)
     objective = _objective(match_heavy, tolerance, max_heavy_fraction, threshold, sustained)
     objective.validate()
     torch_device = resolve_device(device)
@@ -109,7 +114,7 @@ def calibrate_command(
         half=split_half, split_seed=split_seed or 0,
         options=LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed,
                               skip_bad_images=skip_bad_images),
-        device=torch_device, progress=RichProgress(quiet))
+        device=torch_device, progress=RichProgress(quiet), data_overrides=overrides)
     document = {"router": str(out), "signal": signal, "threshold": result.spec.threshold,
                 "objective": result.spec.objective["description"], **result.spec.calibration,
                 "warnings": result.warnings}
@@ -133,16 +138,19 @@ def eval_command(
     random_draws: Annotated[int, typer.Option("--random-draws", help="Random-routing draws averaged.")] = 5,
     latency_batches: Annotated[int, typer.Option(
         "--latency-batches", help="Real batches timed for light, heavy and cascade latency; 0 skips timing.")] = 4,
-    latency_repeats: Annotated[int, typer.Option("--latency-repeats", help="Timed passes (median reported).")] = 5,
+    latency_repeats: o.LatencyRepeatsOpt = o.DEFAULT_LATENCY_REPEATS,
     signals: Annotated[str, typer.Option(
         "--signals", help="Comma-separated signals for the signal table (error AUROC, heavy fraction to match "
                           "heavy), 'all' or 'none'. Dynamic ones cost a backward pass of the light expert.")] = "all",
     bootstrap: Annotated[int, typer.Option(
         "--bootstrap", help="Bootstrap resamples for the 95% intervals of router top-1 and heavy fraction; 0: none.")] = 1000,
-    batch_size: o.BatchSizeOpt = 128,
+    batch_size: o.BatchSizeOpt = o.DEFAULT_BATCH_SIZE,
     workers: o.WorkersOpt = 0,
     limit: o.LimitOpt = None,
     skip_bad_images: o.SkipBadImagesOpt = False,
+    img_size: o.ImgSizeOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
     device: o.DeviceOpt = "auto",
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
@@ -150,6 +158,7 @@ def eval_command(
     config: o.ConfigOpt = None,
 ) -> None:
     """Accuracy of light, heavy, router and random routing; heavy fraction; both costs; cascade latency."""
+    from agfprune.cli.common import data_overrides
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout, table
     from agfprune.core.data import LoaderOptions
     from agfprune.core.device import resolve_device, seed_everything
@@ -161,6 +170,7 @@ def eval_command(
     o.require(data, "--data")
     names = None if signals == "all" else [] if signals == "none" else [
         check_signal(name.strip()) for name in signals.split(",") if name.strip()]
+    overrides = data_overrides(img_size, mean, std)
     torch_device = resolve_device(device)
     seed_everything(seed)
     report = evaluate_router(
@@ -169,7 +179,7 @@ def eval_command(
                               skip_bad_images=skip_bad_images),
         device=torch_device, light=light, heavy=heavy, draws=random_draws, seed=seed,
         latency_batches=latency_batches, latency_repeats=latency_repeats, plot=plot, sweep_json=sweep,
-        signals=names, bootstrap=bootstrap, progress=RichProgress(quiet))
+        signals=names, bootstrap=bootstrap, progress=RichProgress(quiet), data_overrides=overrides)
     document = report.as_dict()
     if json_output:
         print_json(document)

@@ -11,11 +11,12 @@ from agfprune.cli import options as o
 
 
 def score_command(
+    checkpoint_arg: o.CheckpointArg = None,
     calib: Annotated[Optional[Path], typer.Option(
         "--calib", help="Calibration file from `agfprune calibrate` (needed by agf, taylor, wanda, ria, snip; "
                         "also names the model when --model/--checkpoint are not given).")] = None,
     metric: Annotated[str, typer.Option(
-        "--metric", help="Metric name, a comma-separated list, or 'all' (one file with every metric).")] = "agf",
+        "--metrics", help="Metric names, comma-separated, or 'all' (one file with every metric).")] = "agf",
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     pretrained: o.PretrainedOpt = False,
@@ -39,7 +40,7 @@ def score_command(
     from agfprune.core.errors import UsageError
     from agfprune.core.scoring import ScoreRequest, run_scoring
 
-    request = ScoreRequest(calib=calib, metric=metric, model=model, checkpoint=checkpoint, pretrained=pretrained,
+    request = ScoreRequest(calib=calib, metric=metric, model=model, checkpoint=o.checkpoint_of(checkpoint_arg, checkpoint), pretrained=pretrained,
                            group_reduction=group_reduction, normalizer=normalizer, img_size=img_size, seed=seed)
     request.validate()
     if out is not None:

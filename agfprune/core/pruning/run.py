@@ -14,7 +14,8 @@ from agfprune.core.progress import SILENT, Progress
 from agfprune.core.pruning.engine import MetricScorer, PruneResult, StoredScorer, prune_model
 from agfprune.core.pruning.options import PruneOptions
 
-DEFAULT_METRIC_WITH_CALIB = "agf"
+DEFAULT_METRIC_WITH_DATA = "agf"  # with --data or --calib
+DEFAULT_METRIC_WITHOUT_DATA = "magnitude-l2"
 
 
 @dataclass
@@ -42,21 +43,23 @@ class PruneRequest:
     eval_limit: int | None = None
     skip_bad_images: bool = False
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+    data_overrides: Any = None  # DataOverrides from --img-size/--mean/--std
+
 
     def validate(self) -> None:
         self.options.validate()
+        if self.data_overrides is not None:
+            self.data_overrides.validate()
         if self.scores is not None and self.calib is not None:
             raise UsageError("give either --scores or --calib, not both")
-        if self.scores is None and self.calib is None and self.metric is None:
-            raise UsageError("say how to score channels: --metric NAME --data D, --calib F, or --scores S.json")
         if self.calib_batches <= 0:
             raise UsageError(f"--calib-batches {self.calib_batches}: must be positive")
         if self.bn_recalibrate is not None and self.bn_recalibrate < 0:
-            raise UsageError(f"--bn-recalibrate {self.bn_recalibrate}: must be ≥ 0 (0 turns it off)")
+            raise UsageError(f"--bn-batches {self.bn_recalibrate}: must be ≥ 0 (0 turns it off)")
         if self.bn_recalibrate and self.data is None:
-            raise UsageError("--bn-recalibrate needs --data (the images to re-estimate statistics on)")
+            raise UsageError("--bn-batches needs --data (the images to re-estimate statistics on)")
         if self.batch_size <= 0:
-            raise UsageError(f"--batch-size {self.batch_size}: must be positive")
+            raise UsageError(f"--calib-batch-size {self.batch_size}: must be positive")
         if self.workers < 0:
             raise UsageError(f"--workers {self.workers}: must be ≥ 0")
         for name, value in (("--limit", self.limit), ("--eval-limit", self.eval_limit)):
@@ -65,9 +68,60 @@ class PruneRequest:
         from agfprune.core.calibration import TARGETS as CALIB_TARGETS
 
         if self.calib_target not in CALIB_TARGETS:
-            raise UsageError(f"--calib-target {self.calib_target!r}: expected one of {', '.join(CALIB_TARGETS)}")
+            raise UsageError(f"--calib-loss {self.calib_target!r}: expected one of {', '.join(CALIB_TARGETS)}")
+        if self.metric is not None:
+            from agfprune.core.metrics import metric_class
+
+            metric_class(self.metric)  # an unknown name fails here, before any loading
         if self.out.suffix != ".safetensors":
             raise UsageError(f"--out {self.out}: pruned checkpoints are .safetensors files")
+        if self.scores is None:
+            from agfprune.core.metrics import metric_class
+
+            name = self.metric_name
+            needs_stats = bool(getattr(metric_class(name), "requires_stats", False))
+            if needs_stats and self.data is None and self.calib is None:
+                raise UsageError(f"--metric {name} needs calibration: add --data D (images to calibrate on) "
+                                 "or --calib F")
+            if self.options.steps > 1 and needs_stats and self.data is None:
+                raise UsageError(f"--steps {self.options.steps} with --metric {name} recalibrates between steps: "
+                                 "add --data D")
+
+    @property
+    def metric_name(self) -> str:
+        """--metric, or its default: agf when there is data to calibrate on, else magnitude-l2."""
+        if self.metric:
+            return self.metric
+        with_data = self.data is not None or self.calib is not None
+        return DEFAULT_METRIC_WITH_DATA if with_data else DEFAULT_METRIC_WITHOUT_DATA
+
+    def check_data(self) -> None:
+        """Checks that read the data folder but no model: enough images for the calibration asked for."""
+        if self.data is None:
+            return
+        from agfprune.core.data import check_enough_batches
+
+        needs_stats = self.scores is None and self.calib is None
+        if needs_stats:
+            from agfprune.core.metrics import metric_class
+
+            needs_stats = bool(getattr(metric_class(self.metric_name), "requires_stats", False))
+        if needs_stats:
+            check_enough_batches(self.data, "train", self.calib_batches, self.batch_size, self.limit)
+        else:
+            check_enough_batches(self.data, "train", 1, self.batch_size, self.limit)
+
+
+def _data_config(request: PruneRequest, loaded: Any, calib_stats: Any) -> dict[str, Any]:
+    """The model's data config, then the calibration file's (the statistics were computed on those
+    inputs), then --img-size/--mean/--std: the last one given wins."""
+    config = dict(loaded.data_config)
+    if calib_stats is not None:
+        recorded = calib_stats.metadata
+        for key in ("input_size", "mean", "std"):
+            if isinstance(recorded.get(key), (list, tuple)):
+                config[key] = tuple(recorded[key])
+    return request.data_overrides.apply(config) if request.data_overrides else config
 
 
 def _calibration_loader(request: PruneRequest, loaded: Any, device: torch.device) -> Any:
@@ -81,7 +135,7 @@ def _calibration_loader(request: PruneRequest, loaded: Any, device: torch.device
 
 
 def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.device,
-            progress: Progress) -> tuple[Any, dict[str, Any]]:
+            progress: Progress, calib_stats: Any = None) -> tuple[Any, dict[str, Any]]:
     """The Scorer for this request and the calibration provenance to record."""
     from agfprune.core.metrics import get_metric, metric_class
 
@@ -102,7 +156,7 @@ def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.devic
         provenance = {"scores_file": str(request.scores), **(stored.calibration or {})}
         return StoredScorer(stored.metric, stored.scores, str(request.scores)), provenance
 
-    name = request.metric or DEFAULT_METRIC_WITH_CALIB
+    name = request.metric_name
     needs_stats = bool(getattr(metric_class(name), "requires_stats", False))
     provenance: dict[str, Any] = {}
     first_stats = None
@@ -110,7 +164,7 @@ def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.devic
         from agfprune.core.calibration import check_matches, load_calibration
         from agfprune.core.scoring import calibration_provenance
 
-        first_stats = load_calibration(request.calib)
+        first_stats = calib_stats if calib_stats is not None else load_calibration(request.calib)
         check_matches(first_stats, loaded)
         provenance = {"calib_file": str(request.calib), **calibration_provenance(first_stats)}
     elif needs_stats and loader is None:
@@ -151,13 +205,23 @@ def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[Prune
     check_outputs({"--out": request.out}, {"--checkpoint": request.checkpoint, "--calib": request.calib,
                                            "--scores": request.scores, "--data": request.data,
                                            "--eval-data": request.eval_data})
+    request.check_data()
     device = resolve_device(request.device)
     seed_everything(request.seed)
     loaded = load_model(request.model, request.checkpoint, pretrained=request.pretrained, device=device)
+    calib_stats = None
+    if request.calib is not None:
+        from agfprune.core.calibration import load_calibration
+
+        calib_stats = load_calibration(request.calib)
+    loaded.data_config = _data_config(request, loaded, calib_stats)
     loader = _calibration_loader(request, loaded, device) if request.data is not None else None
-    scorer, provenance = _scorer(request, loaded, loader, device, progress)
+    scorer, provenance = _scorer(request, loaded, loader, device, progress, calib_stats)
     bn_batches = request.bn_recalibrate if request.bn_recalibrate is not None else (
         request.calib_batches if loader is not None else 0)
+    notes: list[str] = []
+    if loader is None:
+        notes.append("no --data: BatchNorm statistics are not recalibrated after pruning (add --data to do so)")
     recalibrate = None
     if loader is not None and bn_batches > 0:
         def recalibrate(model: torch.nn.Module) -> int:
@@ -174,6 +238,7 @@ def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[Prune
         "fingerprint": fingerprint,
         **{k: v for k, v in record.summary().items() if k not in ("base_arch",)},
         "device": str(device),
+        "notes": notes,
     }
     if request.eval_data is not None:
         summary.update(_evaluate(request, loaded, result, device, progress))

@@ -189,7 +189,7 @@ def _data_label(data: Any) -> str:
 
 def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: Objective, out: Any, *,
                      half: str = "first", split_seed: int = 0, options: Any = None,
-                     device: Any = "cpu", progress: Any = None) -> CalibrationResult:
+                     device: Any = "cpu", progress: Any = None, data_overrides: Any = None) -> CalibrationResult:
     """Run both experts once over one half of the calibration data, choose the threshold that
     meets `objective`, and write router.yaml to `out`.
 
@@ -212,7 +212,8 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
     check_outputs({"--out": out}, {"--light": light.checkpoint, "--heavy": heavy.checkpoint, "--data": data})
     device = torch.device(device)
     pair = load_experts(light, heavy, device)
-    loader = routing_loader(data, half, split_seed, pair.data_config, options, device)
+    data_config = data_overrides.apply(pair.data_config) if data_overrides else pair.data_config
+    loader = routing_loader(data, half, split_seed, data_config, options, device)
     progress.log(f"calibrating on {len(loader.dataset)} images ({half} half of {data}, split seed {split_seed})")
     logits = collect_logits(pair, loader, device, progress, dynamic=(signal,) if is_dynamic(signal) else ())
     scores = logits.scores(signal)

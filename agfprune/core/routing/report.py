@@ -212,10 +212,10 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
                     device: torch.device | str = "cpu", light: Path | None = None, heavy: Path | None = None,
                     draws: int = 5, seed: int = 0, latency_batches: int = 4, latency_repeats: int = 5,
                     plot: Path | None = None, sweep_json: Path | None = None, signals: list[str] | None = None,
-                    bootstrap: int = 1000, progress: Progress = SILENT) -> RouterReport:
+                    bootstrap: int = 1000, progress: Progress = SILENT, data_overrides: Any = None) -> RouterReport:
     """Evaluate router.yaml on `data` (by default the half it was not calibrated on). `signals`: the
     signals tabulated (AUROC, heavy fraction to match heavy; default all registered); `bootstrap`:
-    resamples for the 95% intervals (0: none)."""
+    resamples for the 95% intervals (0: none); `data_overrides`: --img-size/--mean/--std."""
     from agfprune.core.routing.calibrate import _data_label
 
     from agfprune.core.data import check_split_half
@@ -234,7 +234,8 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
     half = half or COMPLEMENT.get(str(calibration.get("split_half", "none")), "none")
     split_seed = int(calibration.get("split_seed", 0)) if split_seed is None else split_seed
     pair = load_router_experts(spec, router_path, device, light, heavy)
-    loader = routing_loader(data, half, split_seed, pair.data_config, options, device)
+    data_config = data_overrides.apply(pair.data_config) if data_overrides else pair.data_config
+    loader = routing_loader(data, half, split_seed, data_config, options, device)
     data_label = _data_label(data)
     held_out = _held_out(calibration, data_label, half, split_seed)
     if held_out is False:
