@@ -25,14 +25,6 @@ def data_overrides(img_size: Optional[int], mean: Optional[str], std: Optional[s
     return overrides
 
 
-def data_config_from_options(loaded: Any, img_size: Optional[int], mean: Optional[str],
-                             std: Optional[str]) -> dict[str, Any]:
-    from agfprune.core.data import data_config_overrides
-
-    return data_config_overrides(loaded.data_config, img_size, parse_floats(mean, "--mean"),
-                                 parse_floats(std, "--std"))
-
-
 def loader_from_options(data: Path, split: str, data_config: dict[str, Any], *, batch_size: int,
                         workers: int, limit: Optional[int], seed: int, device: Any,
                         train: bool = False, shuffle: bool = False, skip_bad_images: bool = False) -> Any:

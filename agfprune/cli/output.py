@@ -15,7 +15,10 @@ from agfprune.core.progress import Progress
 
 T = TypeVar("T")
 
-stdout = Console(soft_wrap=True)
+# Piped or redirected, rich would squeeze tables into 80 columns and cut cells ("magni…"); there every
+# table keeps its natural width, so `agfprune ... | less -S` or `> file` stay readable.
+PIPED_WIDTH = 1000
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
@@ -39,7 +42,7 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     """A rich table with right-aligned numbers."""
     result = Table(title=title, title_justify="left")
     for column in columns:
-        result.add_column(column)
+        result.add_column(column, overflow="fold")  # on a narrow terminal: wrap, never cut to "…"
     for row in rows:
         result.add_row(*[fmt(v) for v in row])
     return result

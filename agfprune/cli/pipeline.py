@@ -145,9 +145,13 @@ def run_demo(out: Path, *, model: str, train_images: int, val_images: int, epoch
     record("finetune (KD)", f"val top-1 {result['best_top1']:.2f}%", tuned, seconds)
 
     result, seconds = run_step("eval", ["eval", tuned, "--data", val, "--latency-repeats", "5", *common])
-    speedup = dense_eval["latency_ms"] / result["latency_ms"] if result.get("latency_ms") else float("nan")
-    record("eval pruned", f"top-1 {result['top1']:.2f}%, {result['params']:,} params, "
-           f"{speedup:.2f}× faster batches than dense", tuned, seconds)
+    from agfprune.core.evaluate import speed_wording
+
+    speedup = (dense_eval["latency_ms"] / result["latency_ms"]
+               if dense_eval.get("latency_ms") and result.get("latency_ms") else None)
+    speed = f"{speed_wording(speedup)} than dense" if speedup else "not timed"
+    record("eval pruned", f"top-1 {result['top1']:.2f}%, {result['params']:,} params, batches {speed}",
+           tuned, seconds)
 
     router = out / "router.yaml"
     result, seconds = run_step("route calibrate", ["route", "calibrate", "--light", tuned, "--heavy", dense,

@@ -387,6 +387,14 @@ def rank_and_world() -> tuple[int, int]:
     return rank, world
 
 
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '2 h 05 min': an ETA a person reads at a glance."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device,
                 progress: Progress = SILENT) -> dict[str, Any] | None:
     """Compute (or reuse) every cell, then write results.json, results.md, the plot and timings.
@@ -412,16 +420,20 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
         return _load_cell(path, key) if path.exists() else None
 
     if not config.report_only:
-        for index, (metric, allocation, ratio, seed) in enumerate(plan):
-            if index % world != rank or finished(metric, allocation, ratio, seed) is not None:
-                continue
+        mine = [(index, entry) for index, entry in enumerate(plan) if index % world == rank]
+        todo = [(index, entry) for index, entry in mine if finished(*entry) is None]
+        spent: list[float] = []
+        for done, (index, (metric, allocation, ratio, seed)) in enumerate(todo, start=1):
             started = time.perf_counter()
             cell = runner.run_cell(metric, allocation, ratio, seed)
             cell.seconds = round(time.perf_counter() - started, 2)
+            spent.append(cell.seconds)
             write_text_atomic(cell_path(metric, allocation, ratio, seed), json.dumps(asdict(cell), sort_keys=True))
+            remaining = len(todo) - done
+            eta = sum(spent) / len(spent) * remaining
             progress.log(f"[{index + 1}/{len(plan)}] {cell.key}: top-1 {cell.top1_pruned:.2f}"
                          + (f" → {cell.top1_finetuned:.2f} after training" if cell.top1_finetuned is not None else "")
-                         + f" ({cell.seconds:.0f} s)")
+                         + f" ({cell.seconds:.0f} s; {remaining} cell(s) left, ETA {format_duration(eta)})")
     if rank != 0:
         return None
     found = {entry: finished(*entry) for entry in plan}

@@ -112,6 +112,31 @@ def count_cost(model: nn.Module, input_size: tuple[int, ...], device: torch.devi
     return ModelCost(params=int(params), macs=int(macs))
 
 
+@dataclass
+class Latency:
+    """Wall time of one forward pass over `repeats` timed runs (after warm-up), in milliseconds."""
+
+    batch_size: int
+    repeats: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+
+    @property
+    def per_image_ms(self) -> float:
+        return self.median_ms / self.batch_size
+
+    def as_dict(self, prefix: str = "latency") -> dict[str, float | int]:
+        """JSON fields: median per batch (`latency_ms`, as before), per image, and the spread."""
+        return {f"{prefix}_ms": round(self.median_ms, 3), f"{prefix}_ms_per_image": round(self.per_image_ms, 4),
+                f"{prefix}_ms_min": round(self.min_ms, 3), f"{prefix}_ms_max": round(self.max_ms, 3),
+                f"{prefix}_repeats": self.repeats}
+
+    def describe(self) -> str:
+        return (f"{self.median_ms:.2f} ms/batch of {self.batch_size} (min {self.min_ms:.2f}, max {self.max_ms:.2f} "
+                f"over {self.repeats} repeats), {self.per_image_ms:.3f} ms/image")
+
+
 @torch.no_grad()
 def measure_latencies(models: list[tuple[nn.Module, torch.device, bool]], input_sizes: list[tuple[int, ...]],
                       batch_size: int, warmup: int = 3, repeats: int = 10) -> list[float]:
@@ -220,7 +245,7 @@ def _load_for_eval(request: EvalRequest, model: str | None, checkpoint: str | No
     return _Evaluated(loaded, runtime, tensor_device, config, cost=cost)
 
 
-def _speed_wording(speedup: float) -> str:
+def speed_wording(speedup: float) -> str:
     if speedup >= 1.0:
         return f"{speedup:.2f}× faster"
     return f"{1.0 / speedup:.2f}× slower"
@@ -302,7 +327,7 @@ def _comparison(model: dict, reference: dict) -> dict:
     name = reference["checkpoint"] or reference["model"]
     parts = []
     if speedup is not None:
-        parts.append(f"{_speed_wording(speedup)} than {name} ({reference['runtime']}, batch {model['batch_size']})")
+        parts.append(f"{speed_wording(speedup)} than {name} ({reference['runtime']}, batch {model['batch_size']})")
     parts.append(f"top-1 {delta:+.2f} pp")
     macs_ratio = _ratio(model["macs"], reference["macs"])
     if macs_ratio is not None:

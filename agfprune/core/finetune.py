@@ -557,12 +557,15 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
         accuracy = validate(unwrap(trainer.model), val_set, context, device, config.batch_size,
                             config.workers, config.amp, progress)
         is_best = accuracy.top1 > best_top1
+        # "(best)" is news only when the epoch also beats the model as it came in (the epoch-0 evaluation)
+        improved = is_best and (initial is None or accuracy.top1 > float(initial["val_top1"]))
         if is_best:
             best_top1, best_epoch = accuracy.top1, epoch + 1
         trained = steps_per_epoch * config.batch_size * context.world_size
         record = {"epoch": epoch + 1, "global_step": global_step,
                   "train_loss": round(loss_sum / max(1, loss_count), 6), "lr": current_lr(optimizer),
-                  **_accuracy_record(accuracy), "best": is_best, "seconds": round(epoch_seconds, 3),
+                  **_accuracy_record(accuracy), "best": is_best, "improved": improved,
+                  "seconds": round(epoch_seconds, 3),
                   "images_per_second": round(trained / max(epoch_seconds, 1e-9), 2)}
         records.append(record)
         final = record
@@ -572,7 +575,7 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
             write_weights(outputs.last, "last", epoch + 1, accuracy)
             write_log()
         progress.log(f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}, "
-                     f"val top-1 {accuracy.top1:.2f}%{' (best)' if is_best else ''}, {epoch_seconds:.1f} s")
+                     f"val top-1 {accuracy.top1:.2f}%{' (best)' if improved else ''}, {epoch_seconds:.1f} s")
         save_state(epoch + 1, 0)
         barrier(context)
 

@@ -36,6 +36,12 @@ def describe_model(loaded: LoadedModel) -> dict[str, Any]:
     """JSON-ready summary of a loaded model."""
     cost = count_cost(loaded.model, loaded.input_size)
     metadata = {k: v for k, v in loaded.metadata.items() if k not in ("structure",)}
+    widths: dict[str, Any] = {}
+    if loaded.metadata.get("structure"):
+        from agfprune.core.widths_report import base_of, summarise_widths, width_rows
+
+        rows = width_rows(base_of(loaded), loaded.model)
+        widths = {"width_summary": summarise_widths(rows), "widths": rows}
     return {
         "model": loaded.arch,
         "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
@@ -48,4 +54,5 @@ def describe_model(loaded: LoadedModel) -> dict[str, Any]:
         "timm_kwargs": loaded.timm_kwargs,
         "prunable_layers": prunable_layers(loaded.model),
         "metadata": metadata,
+        **widths,
     }

@@ -30,7 +30,7 @@ def export_command(
     config: o.ConfigOpt = None,
 ) -> None:
     """Export a checkpoint and check the export against PyTorch (fails above a max abs diff of 1e-4)."""
-    from agfprune.cli.common import data_config_from_options, load_model_from_options
+    from agfprune.cli.common import data_overrides, load_model_from_options
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
     from agfprune.core.export import check_export_request, export_model
 
@@ -39,8 +39,9 @@ def export_command(
     o.require(out, "--out")
     check_export_request(export_format.lower(), out, source=checkpoint_path, batch_size=batch_size, opset=opset,
                          torchscript_mode=torchscript_mode.lower())
+    overrides = data_overrides(img_size, None, None)
     loaded = load_model_from_options(model, checkpoint_path, False, "cpu")
-    loaded.data_config = data_config_from_options(loaded, img_size, None, None)
+    loaded.data_config = overrides.apply(loaded.data_config)
     report = export_model(loaded, export_format.lower(), out, batch_size=batch_size, opset=opset,
                           torchscript_mode=torchscript_mode.lower(), seed=seed, progress=RichProgress(quiet))
     document = report.as_dict()

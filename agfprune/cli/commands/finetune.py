@@ -82,9 +82,13 @@ def finetune_command(
         print_json(result.as_dict())
         return
     rows = [(r["epoch"], r["train_loss"], r["val_top1"], r["val_top5"], r["seconds"], r["images_per_second"],
-             "yes" if r["best"] else "") for r in result.epochs]
+             "yes" if r["best"] and r.get("improved", True) else "") for r in result.epochs]
     stdout.print(table(f"finetune {result.arch}", ["epoch", "train loss", "val top-1", "val top-5", "seconds",
                                                    "img/s", "best"], rows))
+    initial_top1 = result.initial["val_top1"] if result.initial else None
+    if initial_top1 is not None and result.best_top1 <= initial_top1:
+        stdout.print(f"note: no epoch beat the initial val top-1 ({initial_top1:.2f}%); the best-weights file holds "
+                     f"epoch {result.best_epoch}, the best fine-tuned one", markup=False, highlight=False)
     stdout.print(key_value_table("result", {
         "val top-1 before": result.initial["val_top1"] if result.initial else None,
         "val top-1 best": result.best_top1, "best epoch": result.best_epoch,

@@ -104,7 +104,8 @@ def prune_command(
     if json_output:
         print_json(summary)
         return
-    shown = {k: v for k, v in summary.items() if k not in ("calibration", "ignore", "input_size", "notes")}
+    shown = {k: v for k, v in summary.items()
+             if k not in ("calibration", "ignore", "input_size", "notes", "width_summary")}
     stdout.print(key_value_table(f"pruned {summary['model']} -> {summary['out']}", shown))
     for note in summary["notes"]:
         stdout.print(f"note: {note}", markup=False, highlight=False)

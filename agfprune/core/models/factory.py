@@ -48,6 +48,43 @@ def _suggest(arch: str) -> str:
     return f"; did you mean {', '.join(close)}?" if close else "; see `timm.list_models()` for names"
 
 
+HUB_HOST = "huggingface.co"
+HUB_CONNECT_TIMEOUT_S = 3.0
+
+
+def _weights_cached(hub_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - timm depends on it
+        return False
+    return any(isinstance(try_to_load_from_cache(hub_id, name), str)
+               for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+
+def check_pretrained_reachable(arch: str) -> None:
+    """Fail in one line within seconds when hub weights are neither cached nor downloadable, instead of
+    letting the hub client retry (and log each retry) for minutes."""
+    import os
+    import socket
+
+    import timm
+
+    config = timm.models.get_pretrained_cfg(arch, allow_unregistered=True)
+    hub_id = getattr(config, "hf_hub_id", None)
+    if not hub_id or _weights_cached(hub_id):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelError(f"--pretrained: {arch} weights are not cached and HF_HUB_OFFLINE is set; "
+                         "use --checkpoint with a local file")
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # a proxy decides reachability; the hub client's own error will say what failed
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ModelError(f"--pretrained: cannot reach {HUB_HOST} to download {arch} weights ({exc.strerror or exc}) "
+                         "and they are not cached; use --checkpoint with a local file") from None
+
+
 def create_model(arch: str, pretrained: bool = False, **timm_kwargs: Any) -> nn.Module:
     """timm.create_model with agfprune's models registered and errors turned into one line.
 
@@ -62,6 +99,8 @@ def create_model(arch: str, pretrained: bool = False, **timm_kwargs: Any) -> nn.
         if not timm.is_model(arch):
             raise ModelError(f"unknown model {arch!r}{_suggest(arch)}")
         entrypoint = partial(timm.create_model, arch)
+    if pretrained:
+        check_pretrained_reachable(arch)
     try:
         return entrypoint(pretrained=pretrained, **timm_kwargs)
     except TypeError as exc:

@@ -231,18 +231,47 @@ def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[Prune
                          seed=request.seed, progress=progress)
     fingerprint = save_pruned(request.out, loaded, result)
     record = result.record
+    from agfprune.core.widths_report import describe_widths, summarise_widths, width_rows
+
+    width_summary = summarise_widths(width_rows(loaded.model, result.model))
+    achieved = achieved_channel_ratio(record)
+    notes.extend(round_to_notes(request.options, record.channel_ratio, achieved))
     summary: dict[str, Any] = {
         "model": loaded.arch,
         "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
         "out": str(request.out),
         "fingerprint": fingerprint,
         **{k: v for k, v in record.summary().items() if k not in ("base_arch",)},
+        "achieved_channel_ratio": achieved,
+        "widths": describe_widths(width_summary),
+        "width_summary": width_summary,
         "device": str(device),
         "notes": notes,
     }
     if request.eval_data is not None:
         summary.update(_evaluate(request, loaded, result, device, progress))
     return result, summary
+
+
+def achieved_channel_ratio(record: Any) -> float:
+    """Fraction of all prunable groups' channels actually removed (after rounding and caps)."""
+    total = sum(int(group["channels"]) for group in record.groups.values())
+    kept = sum(len(group["kept"]) for group in record.groups.values())
+    return round(1.0 - kept / total, 4) if total else 0.0
+
+
+def round_to_notes(options: PruneOptions, channel_ratio: float, achieved: float) -> list[str]:
+    """--round-to keeps widths at multiples of K: say when that moved the channel ratio by more than a
+    point, or removed nothing at all."""
+    if not options.round_to:
+        return []
+    if achieved <= 0.0:
+        return [f"--round-to {options.round_to} removed no channel: every group is narrower than the rounding "
+                f"step allows at channel ratio {channel_ratio:g}; use a smaller --round-to or a larger --ratio"]
+    if abs(achieved - channel_ratio) > 0.01:
+        return [f"--round-to {options.round_to} moved the channel ratio from {channel_ratio:g} to {achieved:.4f} "
+                f"(achieved {100 * achieved:.1f}% of channels removed)"]
+    return []
 
 
 def _evaluate(request: PruneRequest, loaded: Any, result: PruneResult, device: torch.device,

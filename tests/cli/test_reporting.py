@@ -1,0 +1,111 @@
+"""Saying what happened: width tables and plots of pruned models, round-to reporting, latency spread
+and speed-ups worded right, ETA formatting, readable piped tables, a fast --pretrained failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agfprune.core.evaluate import speed_wording
+from tests.conftest import assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory) -> Path:
+    from agfprune.cli.app import run
+
+    out = tmp_path_factory.mktemp("pruned") / "r20.safetensors"
+    assert run(["prune", "--model", "cifar_resnet20", "--ratio", "0.5", "--out", str(out), "--device", "cpu",
+                "--quiet", "--json"]) == 0
+    return out
+
+
+def test_info_shows_widths_before_and_after_and_plots_them(cli, pruned: Path, tmp_path: Path) -> None:
+    import agfprune
+
+    plot = tmp_path / "widths.png"
+    result = cli("info", pruned, "--json", "--plot", plot)
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    rows = {row["layer"]: row for row in document["widths"]}
+    model = agfprune.load(pruned)
+    # independent: the dense CIFAR ResNet-20 has 16/32/64-channel stages; the pruned model's own layers
+    assert rows["conv1"]["before"] == 16 and rows["layer2.0.conv1"]["before"] == 32
+    assert rows["layer3.2.conv2"]["before"] == 64 and rows["linear"]["before"] == 10
+    for name, row in rows.items():
+        module = model.get_submodule(name)
+        assert row["after"] == getattr(module, "out_channels", getattr(module, "out_features", None))
+    assert rows["layer1.0.conv1"]["after"] == 8 and rows["linear"]["after"] == 10
+    assert document["width_summary"]["layers_narrower"] == sum(r["after"] < r["before"] for r in rows.values())
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = cli("info", pruned)
+    assert "layer1.0.conv1" in table.stdout and "before" in table.stdout
+
+
+def test_info_plot_refused_for_a_dense_model(cli, tmp_path: Path) -> None:
+    result = cli("info", "--model", "cifar_resnet20", "--plot", tmp_path / "w.png")
+    assert_one_line_error(result, 2)
+    assert "not pruned" in result.stderr and not (tmp_path / "w.png").exists()
+
+
+def test_vit_heads_in_width_table(tmp_path: Path) -> None:
+    import timm
+    import torch
+
+    import agfprune
+    from agfprune.core.widths_report import width_rows
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10).eval()
+    pruned_vit, _ = agfprune.prune(vit, torch.randn(1, 3, 32, 32), ratio=0.25, head_ratio=0.5)
+    heads = [row for row in width_rows(vit, pruned_vit) if row["kind"] == "heads"]
+    assert len(heads) == 12 and all(row["before"] == 3 and row["after"] == 1 for row in heads)
+
+
+def test_prune_reports_round_to(cli, tmp_path: Path) -> None:
+    result = cli("prune", "--model", "cifar_resnet20", "--ratio", "0.5", "--round-to", "16", "--device", "cpu",
+                 "--out", tmp_path / "a.safetensors", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # 16-channel groups cannot lose a multiple of 16 and keep one: only the 32/64-wide groups shrink
+    assert 0.0 < summary["achieved_channel_ratio"] < 0.49
+    assert any("--round-to 16 moved the channel ratio from 0.5" in note for note in summary["notes"])
+    assert "layers narrower" in summary["widths"]
+
+
+def test_speed_is_never_a_factor_below_one_called_faster() -> None:
+    assert speed_wording(2.5) == "2.50× faster"
+    assert speed_wording(0.16) == "6.25× slower"
+
+
+def test_eta_formatting() -> None:
+    from agfprune.core.compare import format_duration
+
+    assert format_duration(42) == "42 s"
+    assert format_duration(600) == "10 min"
+    assert format_duration(3 * 3600 + 5 * 60) == "3 h 05 min"
+
+
+def test_piped_tables_keep_whole_names(cli, tmp_path: Path) -> None:
+    result = cli("score", "--model", "cifar_resnet20", "--metrics", "magnitude-l1,magnitude-l2,bn-scale",
+                 "--out", tmp_path / "s.json")
+    assert result.exit_code == 0, result.stderr
+    assert "magnitude-l1" in result.stdout and "magnitude-l2" in result.stdout and "…" not in result.stdout
+
+
+def test_pretrained_without_network_fails_in_one_line(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import agfprune.core.models.factory as factory
+
+    def unreachable(*_a, **_k):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(factory, "_weights_cached", lambda hub_id: False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    result = cli("info", "--model", "resnet18", "--pretrained")
+    assert_one_line_error(result, 4)
+    assert "cannot reach huggingface.co" in result.stderr and "--checkpoint" in result.stderr
