@@ -558,7 +558,7 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
                             config.workers, config.amp, progress)
         is_best = accuracy.top1 > best_top1
         # "(best)" is news only when the epoch also beats the model as it came in (the epoch-0 evaluation)
-        improved = is_best and (initial is None or accuracy.top1 > float(initial["val_top1"]))
+        improved = is_best and (initial is None or round(accuracy.top1, 4) > float(initial["val_top1"]))
         if is_best:
             best_top1, best_epoch = accuracy.top1, epoch + 1
         trained = steps_per_epoch * config.batch_size * context.world_size
