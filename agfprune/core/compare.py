@@ -122,9 +122,10 @@ class CompareConfig:
                 self.prune_options(ratio, allocation).validate()
         if self.seeds < 1:
             raise UsageError(f"--seeds {self.seeds}: must be at least 1")
-        for name in ("calib_batches", "calib_batch_size", "eval_batch_size", "finetune_batch_size"):
+        for name, option in (("calib_batches", "--calib-batches"), ("calib_batch_size", "--calib-batch-size"),
+                             ("eval_batch_size", "--batch-size"), ("finetune_batch_size", "finetune batch size")):
             if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
+                raise UsageError(f"{option} {getattr(self, name)}: must be positive")
         if self.bn_batches < 0 or self.finetune_epochs < 0:
             raise UsageError("--bn-batches and --finetune-epochs must be ≥ 0")
         for name in ("eval_limit", "finetune_limit"):

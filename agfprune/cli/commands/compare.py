@@ -96,7 +96,12 @@ def compare_command(
     compare_config.validate()
     # before the model is loaded; the input must not be one of the files the report writes
     check_outputs({f"--out file {name}": Path(out) / name for name in COMPARE_FILES},
-                  {"--checkpoint": checkpoint, "--calib-data": calib_data, "--eval-data": eval_data})
+                  {"--checkpoint": o.checkpoint_of(checkpoint_arg, checkpoint), "--data": calib_data,
+                   "--eval-data": eval_data})
+    if not report_only:  # --report-only computes nothing, so needs no calibration images
+        from agfprune.core.data import check_enough_batches
+
+        check_enough_batches(calib_data, "train", calib_batches, calib_batch_size, None)
     configure_threads()
     loaded = load_model_from_options(model, o.checkpoint_of(checkpoint_arg, checkpoint), False, torch_device)
     if overrides:
