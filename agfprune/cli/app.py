@@ -102,7 +102,12 @@ def _one_line(message: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
+_DEPRECATION_NOTES: list[str] = []
+
+
 def _fail(message: str, code: int) -> int:
+    if _DEPRECATION_NOTES:  # still one line: the old spelling is mentioned in it
+        message += f" ({'; '.join(_DEPRECATION_NOTES)})"
     sys.stderr.write(f"agfprune: error: {_one_line(message)}\n")
     sys.stderr.flush()
     return code
@@ -131,8 +136,7 @@ def run(argv: list[str] | None = None) -> int:
     from agfprune.cli.aliases import note, rewrite_deprecated
 
     args, notes = rewrite_deprecated(list(sys.argv[1:] if argv is None else argv))
-    for message in notes:
-        note(message)
+    _DEPRECATION_NOTES[:] = notes
     debug = "--debug" in args
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -140,6 +144,8 @@ def run(argv: list[str] | None = None) -> int:
         code = int(result) if isinstance(result, int) else 0
         if code == EXIT_INTERRUPTED:  # not standalone, typer *returns* 130 for Ctrl-C
             return _fail("interrupted", EXIT_INTERRUPTED)
+        for message in notes:  # after the result, so that they are the last thing a user sees
+            note(message)
         return code
     except AgfpruneError as exc:
         if debug:
@@ -166,6 +172,7 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(f"internal error: {type(exc).__name__}: {detail} (rerun with --debug for a traceback)", 1)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _DEPRECATION_NOTES.clear()
 
 
 class _InterruptWatch:

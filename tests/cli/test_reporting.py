@@ -109,3 +109,26 @@ def test_pretrained_without_network_fails_in_one_line(cli, monkeypatch: pytest.M
     result = cli("info", "--model", "resnet18", "--pretrained")
     assert_one_line_error(result, 4)
     assert "cannot reach huggingface.co" in result.stderr and "--checkpoint" in result.stderr
+
+
+def test_finetune_best_only_above_the_initial_evaluation(cli, tmp_path: Path) -> None:
+    import torch
+
+    from agfprune.core.checkpoint import write_checkpoint
+    from agfprune.core.models import create_model
+
+    torch.manual_seed(0)
+    # no BatchNorm and a vanishing learning rate: the epoch's accuracy equals the initial one exactly
+    kwargs = dict(img_size=32, patch_size=8, num_classes=10, depth=2)
+    checkpoint = tmp_path / "vit.safetensors"
+    write_checkpoint(checkpoint, create_model("vit_tiny_patch16_224", **kwargs), arch="vit_tiny_patch16_224",
+                     timm_kwargs=kwargs, data_config={"input_size": [3, 32, 32]})
+    result = cli("finetune", checkpoint, "--data", "synthetic:32", "--eval-data", "synthetic:16", "--epochs", "1",
+                 "--lr", "1e-30", "--weight-decay", "0", "--batch-size", "16", "--device", "cpu",
+                 "--out", tmp_path / "ft.safetensors", "--json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    epoch = document["epochs"][0]
+    assert epoch["val_top1"] == document["initial"]["val_top1"]
+    assert epoch["best"] and not epoch["improved"]
+    assert "(best)" not in result.stderr

@@ -74,15 +74,27 @@ def test_defaults_agree() -> None:
 def test_old_spelling_still_works_with_a_note(cli, tmp_path: Path) -> None:
     result = cli("calibrate", "--model", "cifar_resnet20", "--data", "synthetic:8", "--batches", "0",
                  "--out", tmp_path / "c.safetensors")
-    assert result.exit_code == 2
-    assert "note: --batches is deprecated, use --calib-batches" in result.stderr
+    assert_one_line_error(result, 2)  # the old spelling is named in the one error line
     assert "error: --calib-batches 0: must be positive" in result.stderr
+    assert "--batches is deprecated, use --calib-batches" in result.stderr
+    ok = cli("info", "--model", "cifar_resnet20", "--json", "--config", _write(tmp_path, "info: {}\n"))
+    assert ok.exit_code == 0
+    renamed = cli("score", "--model", "cifar_resnet20", "--metric", "magnitude-l1", "--json")
+    assert renamed.exit_code == 0, renamed.stderr
+    assert json.loads(renamed.stdout)["metrics"].keys() == {"magnitude-l1"}
+    assert "note: --metric is deprecated, use --metrics (agfprune score)" in renamed.stderr
     # every deprecated spelling maps to an option its command has
     commands = _commands()
     for path, table in DEPRECATED.items():
         for old, new in table.items():
             assert new in _options(commands[" ".join(path)]), (path, old, new)
             assert old not in _options(commands[" ".join(path)]), (path, old)
+
+
+def _write(folder: Path, text: str) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(text)
+    return path
 
 
 def test_config_keys_are_option_names(cli, tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ def test_load_rejects_other_files(tmp_path):
 def test_zero_batches_and_bad_target_are_usage_errors():
     with pytest.raises(UsageError, match="--calib-batches 0"):
         calibrate(_tiny_model(), _batches(1), "cpu", batches=0)
-    with pytest.raises(UsageError, match="--target"):
+    with pytest.raises(UsageError, match="--calib-loss"):
         calibrate(_tiny_model(), _batches(1), "cpu", batches=1, target="soft")
 
 
