@@ -104,7 +104,8 @@ class _Restartable:
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, metric: str | None = None,
           data: Any = None, calib_batches: int = 16, bn_batches: int | None = None, target: str = "channels",
-          global_pruning: bool = False, round_to: int | None = None, ignore: list[str] | None = None,
+          global_pruning: bool = False, normalizer: str | None = None, cost_aware: bool = False,
+          max_layer_ratio: float | None = None, round_to: int | None = None, ignore: list[str] | None = None,
           prune_heads: bool = False, head_ratio: float | None = None, steps: int = 1,
           calib_loss: str = "labels", batch_size: int = 64, seed: int = 0,
           progress: Progress = SILENT) -> tuple[nn.Module, Any]:
@@ -123,7 +124,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, metri
         raise UsageError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 2:
         raise UsageError("example_inputs: expected a batch tensor, e.g. torch.randn(1, 3, 224, 224)")
-    options = PruneOptions(ratio=ratio, target=target, global_pruning=global_pruning, round_to=round_to,
+    options = PruneOptions(ratio=ratio, target=target, global_pruning=global_pruning, normalizer=normalizer,
+                           cost_aware=cost_aware, max_layer_ratio=max_layer_ratio, round_to=round_to,
                            ignore=list(ignore or []), prune_heads=prune_heads, head_ratio=head_ratio, steps=steps)
     options.validate()
     name = metric or (DEFAULT_METRIC_WITH_DATA if data is not None else DEFAULT_METRIC_WITHOUT_DATA)

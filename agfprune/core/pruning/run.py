@@ -45,7 +45,6 @@ class PruneRequest:
     extra_metadata: dict[str, Any] = field(default_factory=dict)
     data_overrides: Any = None  # DataOverrides from --img-size/--mean/--std
 
-
     def validate(self) -> None:
         self.options.validate()
         if self.data_overrides is not None:
