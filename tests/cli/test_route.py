@@ -67,7 +67,7 @@ def test_eval_reports_held_out_half_plot_and_sweep(cli, experts, tmp_path):
 def test_eval_human_output(cli, experts, tmp_path):
     router = tmp_path / "router.yaml"
     assert _calibrate(cli, experts, router, "--max-heavy-fraction", "0.5").exit_code == 0
-    result = cli("route", "eval", "-r", router, "--data", DATA, "--device", "cpu", "--latency-batches", "0",
+    result = cli("route", "eval", "--router", router, "--data", DATA, "--device", "cpu", "--latency-batches", "0",
                  "--quiet")
     assert result.exit_code == 0, result.stderr
     assert "C_light + f·C_heavy" in result.stdout and "Pareto" in result.stdout
@@ -96,7 +96,7 @@ def test_plain_checkpoint_with_model_name(cli, experts, tmp_path):
     result = cli("route", "calibrate", "--light", plain, "--light-model", "cifar_resnet20", "--heavy", experts[1],
                  "--data", DATA, "--out", tmp_path / "r.yaml", "--device", "cpu", "--match-heavy", "-q")
     assert result.exit_code == 0, result.stderr
-    assert cli("route", "export", "-r", tmp_path / "r.yaml", "-o", tmp_path / "c.pt").exit_code == 0
+    assert cli("route", "export", "--router", tmp_path / "r.yaml", "-o", tmp_path / "c.pt").exit_code == 0
 
 
 @pytest.mark.parametrize("extra, code", [
@@ -127,18 +127,18 @@ def test_fingerprint_mismatch_on_eval_and_export(cli, experts, tmp_path):
     router = tmp_path / "router.yaml"
     assert _calibrate(cli, experts, router, "--match-heavy").exit_code == 0
     impostor = random_checkpoint(tmp_path / "impostor.safetensors", 9)
-    result = cli("route", "eval", "-r", router, "--data", DATA, "--heavy", impostor, "--device", "cpu")
+    result = cli("route", "eval", "--router", router, "--data", DATA, "--heavy", impostor, "--device", "cpu")
     assert_one_line_error(result, 4)
     assert "fingerprint" in result.stderr and "heavy expert" in result.stderr
-    result = cli("route", "export", "-r", router, "--light", impostor, "-o", tmp_path / "c.pt")
+    result = cli("route", "export", "--router", router, "--light", impostor, "-o", tmp_path / "c.pt")
     assert_one_line_error(result, 4)
     assert not (tmp_path / "c.pt").exists()
 
 
 def test_missing_and_bad_router(cli, tmp_path):
-    assert_one_line_error(cli("route", "eval", "-r", tmp_path / "none.yaml", "--data", DATA), 4)
+    assert_one_line_error(cli("route", "eval", "--router", tmp_path / "none.yaml", "--data", DATA), 4)
     (tmp_path / "bad.yaml").write_text("just: text\n")
-    assert_one_line_error(cli("route", "export", "-r", tmp_path / "bad.yaml", "-o", tmp_path / "c.pt"), 4)
+    assert_one_line_error(cli("route", "export", "--router", tmp_path / "bad.yaml", "-o", tmp_path / "c.pt"), 4)
 
 
 @pytest.mark.shared
@@ -150,7 +150,7 @@ def test_real_router_on_jpeg_val(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     calibration = json.loads(result.stdout)
     assert calibration["light_top1"] > 70 and calibration["heavy_fraction"] < 1.0
-    result = cli("route", "eval", "-r", router, "--data", JPEG_VAL, "--limit", "100", "--device", "cpu",
+    result = cli("route", "eval", "--router", router, "--data", JPEG_VAL, "--limit", "100", "--device", "cpu",
                  "--latency-batches", "0", "--json", "-q")
     report = json.loads(result.stdout)
     assert report["held_out"] is True and report["router_top1"] >= report["light_top1"] - 2
