@@ -56,10 +56,10 @@ def test_pruned_resnet20_recovers_in_a_short_finetune(cli, tmp_path: Path) -> No
     items = _val_subset(tmp_path / "val500")
     pruned, tuned = tmp_path / "pruned.safetensors", tmp_path / "tuned.safetensors"
     result = cli("prune", "--checkpoint", RESNET20_JPEG, "--metric", "magnitude-l2", "--ratio", "0.5",
-                 "--data", JPEG_TRAIN.parent, "--limit", "512", "--batch-size", "128", "--bn-recalibrate", "4",
+                 "--data", JPEG_TRAIN.parent, "--limit", "512", "--calib-batch-size", "128", "--bn-batches", "4",
                  "--device", "cpu", "--out", pruned, "--quiet")
     assert result.exit_code == 0, result.stderr
-    result = cli("finetune", pruned, "--data", JPEG_TRAIN.parent, "--val", tmp_path / "val500", "--limit", "1536",
+    result = cli("finetune", pruned, "--data", JPEG_TRAIN.parent, "--eval-data", tmp_path / "val500", "--limit", "1536",
                  "--epochs", "1", "--batch-size", "64", "--lr", "0.02", "--device", "cpu", "--out", tuned,
                  "--json", "--quiet")
     assert result.exit_code == 0, result.stderr
