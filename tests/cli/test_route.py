@@ -204,12 +204,12 @@ def test_dynamic_signal_end_to_end_and_not_exportable(cli, experts, tmp_path):
 def test_eval_signal_table_choice_and_bad_names(cli, experts, tmp_path):
     router = tmp_path / "router.yaml"
     assert _calibrate(cli, experts, router, "--match-heavy").exit_code == 0
-    result = cli("route", "eval", "-r", router, "--data", DATA, "--device", "cpu", "--latency-batches", "0",
+    result = cli("route", "eval", "--router", router, "--data", DATA, "--device", "cpu", "--latency-batches", "0",
                  "--signals", "margin", "--bootstrap", "0", "--quiet")
     assert result.exit_code == 0, result.stderr
     assert "error AUROC" in result.stdout and "interval" not in result.stdout
     for bad in (("--signals", "margin,certainty"), ("--bootstrap", "-1")):
-        assert_one_line_error(cli("route", "eval", "-r", router, "--data", DATA, *bad), 2)
+        assert_one_line_error(cli("route", "eval", "--router", router, "--data", DATA, *bad), 2)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"num_classes": 5}, "class counts"),
@@ -224,7 +224,7 @@ def test_eval_refuses_router_whose_experts_disagree(cli, experts, tmp_path, kwar
     document["heavy"].update(checkpoint=str(other), num_classes=kwargs.get("num_classes", 10),
                              input_size=list(kwargs.get("input_size", (3, 32, 32))))
     router.write_text(yaml.safe_dump(document))
-    for args in (("eval", "-r", router, "--data", DATA), ("export", "-r", router, "-o", tmp_path / "c.pt")):
+    for args in (("eval", "--router", router, "--data", DATA), ("export", "--router", router, "-o", tmp_path / "c.pt")):
         result = cli("route", *args)
         assert_one_line_error(result, 4)
         assert message in result.stderr
