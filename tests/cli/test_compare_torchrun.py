@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compare(out: Path, checkpoint: Path) -> list[str]:
-    return ["-m", "agfprune", "compare", "--checkpoint", str(checkpoint), "--calib-data", "synthetic:64",
+    return ["-m", "agfprune", "compare", "--checkpoint", str(checkpoint), "--data", "synthetic:64",
             "--eval-data", "synthetic:32", "--metrics", "agf,random", "--ratios", "0.5", "--seeds", "1",
             "--calib-batches", "2", "--calib-batch-size", "16", "--bn-batches", "1", "--finetune-epochs", "1",
             "--finetune-limit", "32", "--baselines", "scratch", "--out", str(out), "--quiet", "--device", "cpu"]
