@@ -104,7 +104,7 @@ def test_torchrun_two_process_calibration_equals_one_process(tmp_path: Path) -> 
 
     checkpoint = random_checkpoint(tmp_path / "m.safetensors", seed=0, input_size=(3, 16, 16))
     common = ["-m", "agfprune", "calibrate", "--checkpoint", str(checkpoint), "--data", "synthetic:40",
-              "--batches", "5", "--batch-size", "6", "--device", "cpu", "--seed", "2", "--json", "--quiet"]
+              "--calib-batches", "5", "--calib-batch-size", "6", "--device", "cpu", "--seed", "2", "--json", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     assert run([*common[2:], "--out", str(tmp_path / "one.safetensors")]) == 0  # one process: in-process
     distributed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
