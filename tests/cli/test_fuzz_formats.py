@@ -120,9 +120,9 @@ def valid(tmp_path_factory) -> dict[str, Path]:
     files = {"model": model, "calib": root / "calib.safetensors", "scores": root / "scores.json",
              "router": root / "router.yaml", "finetuned": root / "ft.safetensors"}
     quiet = ["--device", "cpu", "--quiet"]
-    assert run(["calibrate", "--checkpoint", str(model), "--data", "synthetic:16", "--batches", "1",
-                "--batch-size", "8", "--img-size", "8", "--out", str(files["calib"]), *quiet]) == 0
-    assert run(["score", "--calib", str(files["calib"]), "--metric", "agf", "--out", str(files["scores"]),
+    assert run(["calibrate", "--checkpoint", str(model), "--data", "synthetic:16", "--calib-batches", "1",
+                "--calib-batch-size", "8", "--img-size", "8", "--out", str(files["calib"]), *quiet]) == 0
+    assert run(["score", "--calib", str(files["calib"]), "--metrics", "agf", "--out", str(files["scores"]),
                 "--quiet"]) == 0
     assert run(["route", "calibrate", "--light", str(model), "--heavy", str(model), "--data", "synthetic:8",
                 "--threshold", "0.5", "--split-half", "none", "--out", str(files["router"]), *quiet]) == 0
@@ -131,7 +131,7 @@ def valid(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-FINETUNE = ["finetune", "--data", "synthetic:32", "--val", "synthetic:8", "--epochs", "1", "--batch-size", "16",
+FINETUNE = ["finetune", "--data", "synthetic:32", "--eval-data", "synthetic:8", "--epochs", "1", "--batch-size", "16",
             "--no-eval-initial"]
 
 

@@ -131,9 +131,9 @@ def artefacts(tmp_path_factory, model_file) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("artefacts")
     calib, scores = root / "calib.safetensors", root / "scores.json"
-    assert run(["calibrate", "--checkpoint", str(model_file), "--data", "synthetic:16", "--batches", "1",
-                "--batch-size", "8", "--device", "cpu", "--quiet", "--out", str(calib)]) == 0
-    assert run(["score", "--calib", str(calib), "--metric", "agf", "--quiet", "--out", str(scores)]) == 0
+    assert run(["calibrate", "--checkpoint", str(model_file), "--data", "synthetic:16", "--calib-batches", "1",
+                "--calib-batch-size", "8", "--device", "cpu", "--quiet", "--out", str(calib)]) == 0
+    assert run(["score", "--calib", str(calib), "--metrics", "agf", "--quiet", "--out", str(scores)]) == 0
     return {"calib": calib, "scores": scores, "model": model_file}
 
 
@@ -176,7 +176,7 @@ def test_malformed_calibration_names_the_field(cli, artefacts, tmp_path, key, va
 
 def test_finetune_state_missing_keys_names_the_field(cli, model_file, tmp_path):
     out = tmp_path / "ft.safetensors"
-    args = ["finetune", model_file, "--data", "synthetic:32", "--val", "synthetic:8", "--epochs", "1",
+    args = ["finetune", model_file, "--data", "synthetic:32", "--eval-data", "synthetic:8", "--epochs", "1",
             "--batch-size", "16", "--device", "cpu", "--no-eval-initial", "--out", out]
     assert cli(*args, "--quiet").exit_code == 0
     state_path = out.with_name("ft.state.pt")
@@ -223,7 +223,7 @@ def test_disk_full_while_writing_is_exit_6_and_keeps_the_previous_file(model_fil
              "sys.argv[0] = 'agfprune'\n"
              "main()\n")
     done = subprocess.run([sys.executable, "-c", limit, "calibrate", "--checkpoint", str(model_file), "--data",
-                           "synthetic:16", "--batches", "1", "--batch-size", "8", "--device", "cpu", "--quiet",
+                           "synthetic:16", "--calib-batches", "1", "--calib-batch-size", "8", "--device", "cpu", "--quiet",
                            "--out", str(target)], env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == OUTPUT, done.stderr[-2000:]
@@ -357,7 +357,7 @@ def test_non_utf8_file_names_are_read_and_written_exactly(cli, model_file, tmp_p
     Path(source).write_bytes(model_file.read_bytes())
     calib, scores = os.fsdecode(folder + b"/c\xe9.safetensors"), os.fsdecode(folder + b"/s\xe9.json")
     pruned = os.fsdecode(folder + b"/p\xe9.safetensors")
-    assert cli("calibrate", "--checkpoint", source, "--data", "synthetic:16", "--batches", "1", "--batch-size", "8",
+    assert cli("calibrate", "--checkpoint", source, "--data", "synthetic:16", "--calib-batches", "1", "--calib-batch-size", "8",
                "--device", "cpu", "--quiet", "--out", calib).exit_code == 0
     assert cli("score", "--calib", calib, "--out", scores, "--json").exit_code == 0
     assert cli("prune", "--checkpoint", source, "--scores", scores, "--ratio", "0.5", "--device", "cpu", "--json",
