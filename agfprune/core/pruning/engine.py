@@ -108,10 +108,12 @@ def example_input_size(model: nn.Module, fallback: tuple[int, ...]) -> tuple[int
     return tuple(fallback)
 
 
-def build_pruner(model: nn.Module, example: torch.Tensor, options: PruneOptions,
-                 channel_ratio: float) -> tuple[tp.pruner.BasePruner, dict[nn.Module, int]]:
-    """A torch-pruning pruner on `model`; how many channels each group loses is set per layer
-    afterwards (set_layer_ratios), from the scores."""
+def build_pruner(model: nn.Module, example: torch.Tensor, options: PruneOptions, channel_ratio: float,
+                 layer_ratios: dict[nn.Module, float] | None = None) -> tuple[tp.pruner.BasePruner, dict[nn.Module, int]]:
+    """A torch-pruning pruner on `model`. How many channels each group loses comes from the scores:
+    `layer_ratios` (see `layer_ratios`) gives every member of a group its group's ratio through
+    torch-pruning's `pruning_ratio_dict`; without it (a pruner that only lists and scores groups)
+    every group gets `channel_ratio`."""
     ignored = ignored_modules(model, options.ignore)
     heads = vit.head_counts(model, ignored)
     if options.removes_heads and not heads:
@@ -121,18 +123,21 @@ def build_pruner(model: nn.Module, example: torch.Tensor, options: PruneOptions,
         with warnings.catch_warnings():
             # cls_token/pos_embed/layer-scale gammas: pruning their last dimension is what we want
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            pruner = _make_pruner(model, example, options, channel_ratio, ignored, heads)
+            pruner = _make_pruner(model, example, options, channel_ratio, ignored, heads, layer_ratios)
     except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
         raise ModelError(f"cannot trace the model's dependency graph ({first_line(exc)})") from None
     return pruner, heads
 
 
 def _make_pruner(model: nn.Module, example: torch.Tensor, options: PruneOptions, channel_ratio: float,
-                 ignored: list[nn.Module], heads: dict[nn.Module, int]) -> tp.pruner.BasePruner:
+                 ignored: list[nn.Module], heads: dict[nn.Module, int],
+                 layer_ratios: dict[nn.Module, float] | None) -> tp.pruner.BasePruner:
     # the placeholder importance is replaced by a ScoreTable before every step
     return tp.pruner.BasePruner(
         model, example, importance=tp.importance.GroupMagnitudeImportance(),
         pruning_ratio=channel_ratio, max_pruning_ratio=1.0, iterative_steps=options.steps,
+        # one module per key: each gets its own ranking scope; a group is ranked in its members' scope
+        pruning_ratio_dict=dict(layer_ratios or {}),
         ignored_layers=ignored, round_to=options.round_to,
         # fresh dicts: torch-pruning mutates these and its defaults are shared between instances
         in_channel_groups={}, out_channel_groups={}, num_heads=dict(heads),
@@ -141,26 +146,23 @@ def _make_pruner(model: nn.Module, example: torch.Tensor, options: PruneOptions,
     )
 
 
-def set_layer_ratios(pruner: tp.pruner.BasePruner, table: ScoreTable, removed: dict[str, int],
-                     model: nn.Module) -> None:
-    """Give each group its own final ratio through torch-pruning's per-layer scopes."""
+def layer_ratios(table: ScoreTable, removed: dict[str, int], model: nn.Module) -> dict[nn.Module, float]:
+    """{member layer: its group's final ratio}: `removed[name]` units of each group."""
+    ratios: dict[nn.Module, float] = {}
     for name, count in removed.items():
         info = table.groups[name]
         ratio = ratio_for_count(count, info.units)
-        schedule = pruner.iterative_pruning_ratio_scheduler(ratio, pruner.iterative_steps)
         for member in info.members:
-            module = model.get_submodule(member)
-            pruner._layer_to_scope[module] = (f"agf_global::{name}", [module])
-            pruner.pruning_ratio_dict[module] = schedule
+            ratios[model.get_submodule(member)] = ratio
+    return ratios
 
 
 def _prune_step(pruner: tp.pruner.BasePruner, table: ScoreTable, step: int, steps: int,
                 heads: dict[nn.Module, int], head_ratio: float | None, tracker: ChannelTracker | None) -> None:
-    pruner.importance = table
+    pruner.importance = table.for_graph(pruner.DG)
     if heads and head_ratio is not None:
         vit.set_head_step_ratio(pruner, heads, head_ratio, step, steps)
-    pruner.current_step = step - 1
-    for group in pruner.step(interactive=True):
+    for group in pruner.step(interactive=True):  # the pruner counts its steps: this is step `step`
         if tracker is not None:
             tracker.apply(pruner.DG, group)
         group.prune()
@@ -184,8 +186,8 @@ def _prune_copy(dense: nn.Module, example: torch.Tensor, table: ScoreTable, opti
     trial_options = copy.copy(options)
     trial_options.steps = 1
     model = copy.deepcopy(dense)
-    pruner, heads = build_pruner(model, example, trial_options, channel_ratio)
-    set_layer_ratios(pruner, table, _allocation(table, channel_ratio, trial_options), model)
+    ratios = layer_ratios(table, _allocation(table, channel_ratio, trial_options), model)
+    pruner, heads = build_pruner(model, example, trial_options, channel_ratio, ratios)
     _prune_step(pruner, table, 1, 1, heads, options.head_ratio_for(channel_ratio), None)
     return model
 
@@ -297,8 +299,7 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
     model = copy.deepcopy(dense)
     frozen = _frozen_state(model)
 
-    pruner, heads = build_pruner(model, example, options, options.ratio)
-    tracker = ChannelTracker(pruner.DG)
+    pruner, heads = build_pruner(model, example, options, options.ratio)  # lists and scores the groups
     progress.log(f"scoring {loaded.arch} with {scorer.name} (step 1/{options.steps})")
     table = scorer(model, pruner, 1)
     if options.cost_aware:
@@ -309,9 +310,9 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
     if options.target != "channels":
         progress.log(f"searching the channel ratio for -{100 * options.ratio:.1f}% {options.target}")
         channel_ratio = search_channel_ratio(dense, example, table, options, size, dense_cost, progress)
-        pruner, heads = build_pruner(model, example, options, channel_ratio)
-        tracker = ChannelTracker(pruner.DG)
-    set_layer_ratios(pruner, table, _allocation(table, channel_ratio, options), model)
+    ratios = layer_ratios(table, _allocation(table, channel_ratio, options), model)
+    pruner, heads = build_pruner(model, example, options, channel_ratio, ratios)
+    tracker = ChannelTracker(pruner.DG)
     head_ratio = options.head_ratio_for(channel_ratio)
     batches_used = 0
     for step in range(1, options.steps + 1):

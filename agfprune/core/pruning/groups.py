@@ -77,18 +77,25 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     return {attention.qkv: int(attention.num_heads) for attention in attention_modules(model).values()}
 
 
-def _reroot_attention(graph: Any, group: Any, num_heads: dict[nn.Module, int]) -> Any:
-    """torch-pruning's `_downstream_node_as_root_if_attention`: root attention groups at proj input."""
+def _reroot_attention(graph: Any, group: Any, num_heads: dict[nn.Module, int],
+                      root_module_types: Sequence[type] = ROOT_MODULE_TYPES) -> Any:
+    """Root an attention group at the projection's input features, as torch-pruning's pruners do
+    (one score per head feature); None when the group has no such consumer."""
     is_attention = False
     downstream = None
     for dep, idxs in group:
         if dep.source.module in num_heads and graph.is_out_channel_pruning_fn(dep.handler):
             is_attention = True
-        if isinstance(dep.target.module, ROOT_MODULE_TYPES) and graph.is_in_channel_pruning_fn(dep.handler):
+        if isinstance(dep.target.module, tuple(root_module_types)) and graph.is_in_channel_pruning_fn(dep.handler):
             downstream, downstream_idxs = dep, idxs
     if is_attention and downstream is not None:
         return graph.get_pruning_group(downstream.target.module, downstream.handler, downstream_idxs)
     return None
+
+
+def is_attention_group(graph: Any, group: Any, num_heads: dict[nn.Module, int]) -> bool:
+    """Whether the group removes output features of a qkv layer (the pruner then re-roots it)."""
+    return any(graph.is_out_channel_pruning_fn(dep.handler) and dep.target.module in num_heads for dep, _ in group)
 
 
 def iter_groups(graph: Any, ignored_layers: Sequence[nn.Module] = (),
@@ -97,8 +104,8 @@ def iter_groups(graph: Any, ignored_layers: Sequence[nn.Module] = (),
     """Every prunable group, attention groups re-rooted exactly as torch-pruning's pruners do."""
     num_heads = num_heads or {}
     for group in graph.get_all_groups(ignored_layers=list(ignored_layers), root_module_types=tuple(root_module_types)):
-        if any(graph.is_out_channel_pruning_fn(dep.handler) and dep.target.module in num_heads for dep, _ in group):
-            group = _reroot_attention(graph, group, num_heads)
+        if is_attention_group(graph, group, num_heads):
+            group = _reroot_attention(graph, group, num_heads, root_module_types)
             if group is None:
                 continue
         yield group
@@ -110,7 +117,13 @@ _NAMES: "weakref.WeakKeyDictionary[Any, dict[nn.Module, str]]" = weakref.WeakKey
 
 
 def graph_of(group: Any) -> Any:
-    """The DependencyGraph a group came from (torch-pruning keeps it on the group)."""
+    """The DependencyGraph a group came from.
+
+    The one private torch-pruning access left in agfprune: a `tp.Group` keeps its graph only as
+    `_DG`, and torch-pruning calls an Importance with the group alone (`importance(group)`), so our
+    metrics, which are Importances, cannot be handed the graph any other way when the pruner calls
+    them. Our own code passes the graph explicitly where it has it (`pruner_groups`, `ScoreTable`).
+    """
     return getattr(group, "_DG", None)
 
 
@@ -364,16 +377,45 @@ def out_members(graph: tp.DependencyGraph, group) -> list[str]:
     return names
 
 
+def _has_one_channel_layer(graph: tp.DependencyGraph, group: Any, pruner: tp.pruner.BasePruner) -> bool:
+    """The groups a pruner step leaves alone: a layer already at one channel, or below what
+    `max_pruning_ratio` allows (torch-pruning's check, from the pruner's public attributes)."""
+    floor = 1.0 - pruner.max_pruning_ratio
+    for dep, _ in group:
+        if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+            continue
+        module = dep.target.module
+        if graph.is_out_channel_pruning_fn(dep.handler):
+            channels, initial = graph.get_out_channels(module), pruner.layer_init_out_ch.get(module)
+        elif graph.is_in_channel_pruning_fn(dep.handler):
+            channels, initial = graph.get_in_channels(module), pruner.layer_init_in_ch.get(module)
+        else:
+            continue
+        if channels is None:
+            continue
+        if channels == 1 or (initial is not None and channels < initial * floor):
+            return True
+    return False
+
+
+def channel_groups(pruner: tp.pruner.BasePruner, group: Any) -> int:
+    """Channel units of a group (grouped convs, group norms): the largest grouping of any member."""
+    graph = pruner.DG
+    found = [(pruner.out_channel_groups if graph.is_out_channel_pruning_fn(dep.handler)
+              else pruner.in_channel_groups).get(dep.target.module) for dep, _ in group]
+    found = [value for value in found if value is not None]
+    return max(found) if found else 1
+
+
 def pruner_groups(pruner: tp.pruner.BasePruner) -> Iterator[tuple[GroupInfo, object]]:
     """The groups the pruner's next step will score, in its order and with its re-rooting."""
     graph = pruner.DG
     for group in graph.get_all_groups(ignored_layers=pruner.ignored_layers,
                                       root_module_types=pruner.root_module_types):
-        if not pruner._check_pruning_ratio(group):
+        if _has_one_channel_layer(graph, group, pruner):
             continue
-        is_attention, _ = pruner._is_atten_group(group)
-        if is_attention:
-            group = pruner._downstream_node_as_root_if_attention(group)
+        if is_attention_group(graph, group, pruner.num_heads):
+            group = _reroot_attention(graph, group, pruner.num_heads, pruner.root_module_types)
             if group is None:
                 continue
         members = out_members(graph, group)
@@ -382,16 +424,22 @@ def pruner_groups(pruner: tp.pruner.BasePruner) -> Iterator[tuple[GroupInfo, obj
         root = group[0].dep.target.module
         channels = (graph.get_out_channels(root) if graph.is_out_channel_pruning_fn(group[0].dep.handler)
                     else graph.get_in_channels(root))
-        yield GroupInfo(members[0], members, int(channels), pruner._get_channel_groups(group)), group
+        yield GroupInfo(members[0], members, int(channels), channel_groups(pruner, group)), group
 
 
 class ScoreTable(tp.importance.Importance):
     """A torch-pruning Importance that answers from precomputed per-group scores, by layer name."""
 
-    def __init__(self, scores: dict[str, torch.Tensor], groups: dict[str, GroupInfo]) -> None:
+    def __init__(self, scores: dict[str, torch.Tensor], groups: dict[str, GroupInfo],
+                 graph: tp.DependencyGraph | None = None) -> None:
         self.scores = scores
         self.groups = groups
+        self.graph = graph  # the graph of the pruner that asks (names its groups' layers)
         self._by_member = {member: name for name, info in groups.items() for member in info.members}
+
+    def for_graph(self, graph: tp.DependencyGraph) -> "ScoreTable":
+        """The same scores, answering a pruner on `graph`."""
+        return ScoreTable(self.scores, self.groups, graph)
 
     def lookup(self, members: list[str]) -> torch.Tensor | None:
         for member in members:
@@ -402,7 +450,7 @@ class ScoreTable(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:  # noqa: D102 - tp.Importance protocol
-        return self.lookup(out_members(graph_of(group), group))
+        return self.lookup(out_members(self.graph if self.graph is not None else graph_of(group), group))
 
     def unit_scores(self, name: str) -> torch.Tensor:
         """Scores per prunable unit: channel groups (heads, conv groups) averaged, as tp does."""

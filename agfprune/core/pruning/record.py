@@ -18,7 +18,8 @@ class ChannelTracker:
     def __init__(self, graph: tp.DependencyGraph) -> None:
         self.original: dict[str, list[int]] = {}
         self.initial: dict[str, int] = {}
-        for module, name in graph._module2name.items():
+        self._names = {module: name for name, module in graph.model.named_modules()}
+        for module, name in self._names.items():
             if module not in graph.module2node:
                 continue
             pruner = graph.get_pruner_of_module(module)
@@ -33,7 +34,7 @@ class ChannelTracker:
         for dep, idxs in group:
             if dep.target.type == tp.ops.OPTYPE.PARAMETER or not graph.is_out_channel_pruning_fn(dep.handler):
                 continue
-            name = graph._module2name.get(dep.target.module)
+            name = self._names.get(dep.target.module)
             if name in self.original:
                 removed.setdefault(name, set()).update(int(i) for i in idxs)
         for name, positions in removed.items():
