@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"
+from agfprune.core.version import __version__
 
 
 def prune(model: Any, example_inputs: Any, **options: Any) -> tuple[Any, Any]:

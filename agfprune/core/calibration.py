@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agfprune import __version__
+from agfprune.core.version import __version__
 from agfprune.core.atomic import atomic_path
 from agfprune.core.device import autocast
 from agfprune.core.distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum_tree

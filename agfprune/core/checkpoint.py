@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from agfprune import __version__
+from agfprune.core.version import __version__
 from agfprune.core.atomic import atomic_path
 from agfprune.core.errors import ModelError, first_line
 from agfprune.core.formats import (Fields, check_data_config, check_header, check_timm_kwargs,

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agfprune import __version__
+from agfprune.core.version import __version__
 from agfprune.core.atomic import write_text_atomic
 
 RESULTS_FORMAT = "agfprune-compare"

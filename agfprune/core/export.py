@@ -34,7 +34,7 @@ EXTRA_FILE = "agfprune.json"  # TorchScript extra file holding the provenance
 
 def export_metadata(arch: str, fingerprint: str, **extra: Any) -> dict[str, str]:
     """Provenance stored inside ONNX/TorchScript exports (string values, as ONNX requires)."""
-    from agfprune import __version__
+    from agfprune.core.version import __version__
 
     fields = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, "agfprune_version": __version__,
               "arch": arch, "source_fingerprint": fingerprint, **extra}

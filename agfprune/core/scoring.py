@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from agfprune import __version__
+from agfprune.core.version import __version__
 from agfprune.core.atomic import write_text_atomic
 from agfprune.core.errors import ModelError, UsageError, first_line
 from agfprune.core.metrics.base import Metric

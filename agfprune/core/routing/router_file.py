@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from agfprune import __version__
+from agfprune.core.version import __version__
 from agfprune.core.atomic import write_text_atomic
 from agfprune.core.errors import ModelError, first_line
 from agfprune.core.formats import Fields, check_header, dump_yaml, load_yaml, read_text
