@@ -53,7 +53,8 @@ def fmt(value: Any) -> str:
         return f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.3g}"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
         return f"{value:,}"
-    return str(value)
+    # a non-UTF-8 file name (lone surrogates) is shown escaped instead of failing to print
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def key_value_table(title: str, items: dict[str, Any]) -> Table:
