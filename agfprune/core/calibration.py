@@ -375,13 +375,10 @@ def removal_sites_of(model: nn.Module, example: torch.Tensor) -> list[Any]:
     """The tensors to tap: the removal sites of every group of the model's dependency graph."""
     from agfprune.core.pruning.groups import model_sites
 
-    was_training = model.training
     try:
-        return model_sites(model, example)
+        return model_sites(model, example)  # build_graph traces in eval mode and restores the mode
     except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
         raise ModelError(f"cannot trace the model's dependency graph ({first_line(exc)})") from None
-    finally:
-        model.train(was_training)
 
 
 def _all_reduce_sums(stats: CalibrationStats, context: DistContext, device: torch.device) -> None:
