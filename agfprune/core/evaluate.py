@@ -126,6 +126,12 @@ class Latency:
     def per_image_ms(self) -> float:
         return self.median_ms / self.batch_size
 
+    @classmethod
+    def of(cls, timings_ms: list[float], batch_size: int) -> "Latency":
+        """The summary of per-batch timings (ms) of `batch_size` images each."""
+        return cls(batch_size=batch_size, repeats=len(timings_ms), median_ms=statistics.median(timings_ms),
+                   min_ms=min(timings_ms), max_ms=max(timings_ms))
+
     def as_dict(self, prefix: str = "latency") -> dict[str, float | int]:
         """JSON fields: median per batch (`latency_ms`, as before), per image, and the spread."""
         return {f"{prefix}_ms": round(self.median_ms, 3), f"{prefix}_ms_per_image": round(self.per_image_ms, 4),
@@ -137,12 +143,15 @@ class Latency:
                 f"over {self.repeats} repeats), {self.per_image_ms:.3f} ms/image")
 
 
+LATENCY_FIELDS = ("latency_ms", "latency_ms_per_image", "latency_ms_min", "latency_ms_max", "latency_repeats")
+
+
 @torch.no_grad()
-def measure_latencies(models: list[tuple[nn.Module, torch.device, bool]], input_sizes: list[tuple[int, ...]],
-                      batch_size: int, warmup: int = 3, repeats: int = 10) -> list[float]:
-    """Median wall time (ms) of one forward pass on a batch for each (model, device, amp), after
-    warm-up runs. Rounds are interleaved (each model once per round), so that load changes on a
-    shared machine hit every model alike and their ratio stays meaningful."""
+def time_forward_passes(models: list[tuple[nn.Module, torch.device, bool]], input_sizes: list[tuple[int, ...]],
+                        batch_size: int, warmup: int = 3, repeats: int = 10) -> list[Latency]:
+    """Wall time of one forward pass on a batch for each (model, device, amp), after warm-up runs:
+    median and spread over `repeats`. Rounds are interleaved (each model once per round), so that
+    load changes on a shared machine hit every model alike and their ratio stays meaningful."""
     batches = [torch.randn(batch_size, *size, device=device) for (_, device, _), size in zip(models, input_sizes)]
     for model, _, _ in models:
         model.eval()
@@ -156,9 +165,17 @@ def measure_latencies(models: list[tuple[nn.Module, torch.device, bool]], input_
                 model(batch)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
             if step >= warmup:
-                timings[index].append((time.perf_counter() - start) * 1000.0)
-    return [statistics.median(values) for values in timings]
+                timings[index].append(elapsed_ms)
+    return [Latency.of(values, batch_size) for values in timings]
+
+
+def measure_latencies(models: list[tuple[nn.Module, torch.device, bool]], input_sizes: list[tuple[int, ...]],
+                      batch_size: int, warmup: int = 3, repeats: int = 10) -> list[float]:
+    """Median wall time (ms) of one forward pass on a batch for each model, timed interleaved
+    (see `time_forward_passes`)."""
+    return [latency.median_ms for latency in time_forward_passes(models, input_sizes, batch_size, warmup, repeats)]
 
 
 def measure_latency(model: nn.Module, input_size: tuple[int, ...], batch_size: int, device: torch.device,
@@ -245,6 +262,15 @@ def _load_for_eval(request: EvalRequest, model: str | None, checkpoint: str | No
     return _Evaluated(loaded, runtime, tensor_device, config, cost=cost)
 
 
+def describe_latency(report: dict) -> str:
+    """One line for an eval report's latency fields: per batch with the spread, and per image."""
+    if report.get("latency_ms") is None:
+        return "not timed (--latency-repeats 0)"
+    return Latency(batch_size=report["batch_size"], repeats=report["latency_repeats"],
+                   median_ms=report["latency_ms"], min_ms=report["latency_ms_min"],
+                   max_ms=report["latency_ms_max"]).describe()
+
+
 def speed_wording(speedup: float) -> str:
     if speedup >= 1.0:
         return f"{speedup:.2f}× faster"
@@ -252,8 +278,9 @@ def speed_wording(speedup: float) -> str:
 
 
 def run_eval(request: EvalRequest, progress: Progress = SILENT) -> dict:
-    """Accuracy, loss, params, MACs and median batch latency of a checkpoint or an .onnx file; with
-    `compare_to`, the same for that (dense) model, latencies timed interleaved, and their ratios."""
+    """Accuracy, loss, params, MACs and latency (median per batch and per image, min and max over
+    the repeats) of a checkpoint or an .onnx file; with `compare_to`, the same for that (dense)
+    model, latencies timed interleaved, and their ratios."""
     from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset, skipped_images
     from agfprune.core.device import seed_everything
 
@@ -275,9 +302,9 @@ def run_eval(request: EvalRequest, progress: Progress = SILENT) -> dict:
                                                  request.amp, progress)
             if subject.cost is None and subject.runtime == "pytorch":
                 subject.cost = count_cost(subject.loaded.model, tuple(subject.data_config["input_size"]), device)
-        latencies: list[float | None] = [None] * len(subjects)
+        latencies: list[Latency | None] = [None] * len(subjects)
         if request.latency_repeats > 0:
-            latencies = list(measure_latencies(
+            latencies = list(time_forward_passes(
                 [(s.loaded.model, s.device, request.amp and s.runtime == "pytorch") for s in subjects],
                 [tuple(s.data_config["input_size"]) for s in subjects], request.batch_size,
                 repeats=request.latency_repeats))
@@ -291,7 +318,7 @@ def run_eval(request: EvalRequest, progress: Progress = SILENT) -> dict:
     return result
 
 
-def _report(request: EvalRequest, subject: _Evaluated, latency: float | None) -> dict:
+def _report(request: EvalRequest, subject: _Evaluated, latency: Latency | None) -> dict:
     loaded, accuracy = subject.loaded, subject.accuracy
     assert accuracy is not None
     return {
@@ -307,7 +334,7 @@ def _report(request: EvalRequest, subject: _Evaluated, latency: float | None) ->
         "loss": round(accuracy.loss, 6),
         "params": subject.cost.params if subject.cost else None,
         "macs": subject.cost.macs if subject.cost else None,
-        "latency_ms": round(latency, 3) if latency is not None else None,
+        **(latency.as_dict() if latency is not None else dict.fromkeys(LATENCY_FIELDS)),
         "batch_size": request.batch_size,
         "threads": request.threads or (torch.get_num_threads() if subject.runtime == "pytorch" else None),
         "device": str(subject.device) if subject.runtime == "pytorch" else f"onnxruntime:{subject.device.type}",
@@ -327,7 +354,9 @@ def _comparison(model: dict, reference: dict) -> dict:
     name = reference["checkpoint"] or reference["model"]
     parts = []
     if speedup is not None:
-        parts.append(f"{speed_wording(speedup)} than {name} ({reference['runtime']}, batch {model['batch_size']})")
+        parts.append(f"{speed_wording(speedup)} than {name} ({reference['runtime']}, batch {model['batch_size']}: "
+                     f"{model['latency_ms']:.2f} vs {reference['latency_ms']:.2f} ms/batch, "
+                     f"{model['latency_ms_per_image']:.3f} vs {reference['latency_ms_per_image']:.3f} ms/image)")
     parts.append(f"top-1 {delta:+.2f} pp")
     macs_ratio = _ratio(model["macs"], reference["macs"])
     if macs_ratio is not None:

@@ -132,3 +132,62 @@ def test_finetune_best_only_above_the_initial_evaluation(cli, tmp_path: Path) ->
     assert epoch["val_top1"] == document["initial"]["val_top1"]
     assert epoch["best"] and not epoch["improved"]
     assert "(best)" not in result.stderr
+
+
+class _ScriptedClock:
+    """A perf_counter whose timed spans last the scripted milliseconds, in call order (start, end,
+    start, end, ...): the latency numbers then follow from the script, not from the machine."""
+
+    def __init__(self, spans_ms: list[float]) -> None:
+        self.spans, self.now, self.calls = list(spans_ms), 0.0, 0
+
+    def perf_counter(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:  # the end of a timed span
+            self.now += self.spans.pop(0) / 1000.0
+        return self.now
+
+
+def test_eval_reports_latency_per_batch_and_image_with_the_spread(cli, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import agfprune.core.evaluate as evaluate
+    from tests.conftest import random_checkpoint
+
+    pruned = random_checkpoint(tmp_path / "a.safetensors", seed=0, input_size=(3, 16, 16))
+    dense = random_checkpoint(tmp_path / "b.safetensors", seed=1, input_size=(3, 16, 16))
+    # rounds interleave pruned, dense: 3 warm-up rounds, then pruned 10/30/20 ms, dense 40/60/50 ms
+    clock = _ScriptedClock([999, 999] * 3 + [10, 40, 30, 60, 20, 50])
+    monkeypatch.setattr(evaluate, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    result = cli("eval", pruned, "--compare-to", dense, "--data", "synthetic:8", "--batch-size", "4",
+                 "--latency-repeats", "3", "--device", "cpu", "--json", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    reference = report["compare_to"]
+    assert (report["latency_ms"], report["latency_ms_min"], report["latency_ms_max"]) == (20, 10, 30)
+    assert (reference["latency_ms"], reference["latency_ms_min"], reference["latency_ms_max"]) == (50, 40, 60)
+    assert report["latency_ms_per_image"] == 5 and reference["latency_ms_per_image"] == 12.5
+    assert report["latency_repeats"] == reference["latency_repeats"] == 3
+    assert report["speedup"] == 2.5
+    assert "2.50× faster" in report["summary"] and "5.000 vs 12.500 ms/image" in report["summary"]
+    clock = _ScriptedClock([999, 999] * 3 + [40, 10, 60, 30, 50, 20])
+    monkeypatch.setattr(evaluate, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    table = cli("eval", pruned, "--compare-to", dense, "--data", "synthetic:8", "--batch-size", "4",
+                "--latency-repeats", "3", "--device", "cpu", "--quiet")
+    assert table.exit_code == 0, table.stderr
+    assert "50.00 ms/batch of 4 (min 40.00, max 60.00 over 3 repeats), 12.500 ms/image" in table.stdout
+    assert "2.50× slower" in table.stdout and "faster" not in table.stdout
+
+
+def test_eval_without_timing_says_so(cli, tmp_path: Path) -> None:
+    from tests.conftest import random_checkpoint
+
+    checkpoint = random_checkpoint(tmp_path / "a.safetensors", seed=0, input_size=(3, 16, 16))
+    result = cli("eval", checkpoint, "--data", "synthetic:8", "--latency-repeats", "0", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert "not timed (--latency-repeats 0)" in result.stdout
+    document = json.loads(cli("eval", checkpoint, "--data", "synthetic:8", "--latency-repeats", "0",
+                              "--device", "cpu", "--quiet", "--json").stdout)
+    assert all(document[key] is None for key in ("latency_ms", "latency_ms_per_image", "latency_ms_min",
+                                                 "latency_ms_max", "latency_repeats"))

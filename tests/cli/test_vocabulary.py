@@ -65,6 +65,16 @@ def test_defaults_agree() -> None:
 
     assert {default(c, "--batch-size") for c in ("eval", "finetune", "compare", "route eval", "route calibrate")} == {128}
     assert default("eval", "--latency-repeats") == default("route eval", "--latency-repeats") == 10
+    # the Python entry points behind them agree with the options
+    import inspect
+
+    from agfprune.core.evaluate import EvalRequest
+    from agfprune.core.routing.report import evaluate_router
+
+    assert EvalRequest(data=None).latency_repeats == EvalRequest(data=None).latency_repeats == 10
+    assert EvalRequest(data=None).batch_size == 128
+    assert inspect.signature(evaluate_router).parameters["latency_repeats"].default == 10
+    assert {default(c, "--amp") for c in ("eval", "finetune", "calibrate")} == {True}
     assert default("calibrate", "--calib-batches") == default("prune", "--calib-batches") == \
         default("compare", "--calib-batches") == 16
     assert default("calibrate", "--calib-batch-size") == default("prune", "--calib-batch-size") == \

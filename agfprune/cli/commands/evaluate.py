@@ -23,8 +23,7 @@ def eval_command(
     img_size: o.ImgSizeOpt = None,
     mean: o.MeanOpt = None,
     std: o.StdOpt = None,
-    latency_repeats: Annotated[int, typer.Option(
-        "--latency-repeats", help="Timed batches for latency (median reported); 0 skips it.")] = 10,
+    latency_repeats: o.LatencyRepeatsOpt = o.DEFAULT_LATENCY_REPEATS,
     threads: Annotated[int, typer.Option(
         "--threads", help="Intra-op threads for PyTorch and onnxruntime alike; 0 keeps each runtime's default.")] = 0,
     compare_to: Annotated[Optional[Path], typer.Option(
@@ -38,7 +37,8 @@ def eval_command(
     quiet: o.QuietOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
-    """Top-1, top-5, mean loss, params, MACs and median batch latency on --data (its val split).
+    """Top-1, top-5, mean loss, params, MACs and latency (per batch and per image, median and spread
+    over --latency-repeats) on --data (its val split).
 
     CHECKPOINT may be an exported .onnx file: it then runs in onnxruntime, so that what you ship is
     what you measure.
@@ -58,8 +58,20 @@ def eval_command(
     if json_output:
         print_json(result)
         return
-    stdout.print(key_value_table(f"eval {result['model']}", {k: v for k, v in result.items()
-                                                            if k not in ("compare_to", "summary")}))
+    stdout.print(key_value_table(f"eval {result['model']}", _shown(result)))
     if "compare_to" in result:
-        stdout.print(key_value_table(f"compare to {result['compare_to']['model']}", result["compare_to"]))
+        stdout.print(key_value_table(f"compare to {result['compare_to']['model']}", _shown(result["compare_to"])))
         stdout.print(result["summary"], highlight=False, markup=False)
+
+
+def _shown(report: dict) -> dict:
+    """The report as table rows, its latency fields as one line (per batch, spread, per image)."""
+    from agfprune.core.evaluate import LATENCY_FIELDS, describe_latency
+
+    rows = {}
+    for key, value in report.items():
+        if key == "latency_ms":
+            rows["latency"] = describe_latency(report)
+        elif key not in LATENCY_FIELDS and key not in ("compare_to", "summary"):
+            rows[key] = value
+    return rows

@@ -210,7 +210,7 @@ def _held_out(calibration: dict[str, Any], data_label: str, half: str, seed: int
 def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | None = None,
                     split_seed: int | None = None, options: LoaderOptions | None = None,
                     device: torch.device | str = "cpu", light: Path | None = None, heavy: Path | None = None,
-                    draws: int = 5, seed: int = 0, latency_batches: int = 4, latency_repeats: int = 5,
+                    draws: int = 5, seed: int = 0, latency_batches: int = 4, latency_repeats: int = 10,
                     plot: Path | None = None, sweep_json: Path | None = None, signals: list[str] | None = None,
                     bootstrap: int = 1000, progress: Progress = SILENT, data_overrides: Any = None) -> RouterReport:
     """Evaluate router.yaml on `data` (by default the half it was not calibrated on). `signals`: the
