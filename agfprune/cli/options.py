@@ -149,7 +149,8 @@ SkipBadImagesOpt = Annotated[bool, typer.Option(
                               "with exit 3; every image is decoded once up front to find them.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines on stderr.")]
-AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (ignored on CPU).")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported; "
+                                                             "ignored on CPU).")]
 
 
 def parse_floats(text: Optional[str], option: str) -> Optional[tuple[float, ...]]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from agfprune.core.version import __version__
 from agfprune.core.atomic import atomic_path
-from agfprune.core.device import autocast
+from agfprune.core.device import autocast, autocast_dtype
 from agfprune.core.distributed import SINGLE, DistContext, all_reduce_max, all_reduce_sum_tree
 from agfprune.core.errors import DataError, ModelError, NumericalError, UsageError, first_line
 from agfprune.core.fingerprint import model_fingerprint
@@ -360,7 +360,7 @@ def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | st
         "samples": stats.samples,
         "target": target,
         "device": str(device),
-        "amp": bool(amp and device.type == "cuda"),
+        "amp": autocast_dtype(device, amp, fp16=False) is not None,  # bf16 only: no loss scaling here
         "dtype": str(dtype).replace("torch.", ""),
         "seconds": round(time.perf_counter() - started, 3),
         "sites": [site.key for site in sites],
@@ -403,7 +403,7 @@ def _run_chunks(model: nn.Module, collector: _Collector, images: torch.Tensor, l
 def _run_batch(model: nn.Module, collector: _Collector, images: torch.Tensor, labels: torch.Tensor,
                target: str, amp: bool, device: torch.device, index: int, batches: int,
                scale: float = 1.0) -> None:
-    with autocast(device, amp):
+    with autocast(device, amp, fp16=False):
         logits = model(images)
     if isinstance(logits, (tuple, list)):
         logits = logits[0]

@@ -29,7 +29,7 @@ class CalibrateRequest:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     device: str = "auto"
-    amp: bool = False
+    amp: bool = True  # as `calibrate --amp` (bf16 on CUDA only; see core.device.autocast_dtype)
     seed: int = 0
     skip_bad_images: bool = False
 

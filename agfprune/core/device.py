@@ -31,11 +31,21 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA (bf16 where supported); a no-op on CPU."""
+def autocast_dtype(device: torch.device, enabled: bool = True, fp16: bool = True) -> torch.dtype | None:
+    """The autocast dtype on CUDA: bf16 where supported, else fp16 (None with `fp16=False`: a backward
+    pass without loss scaling, as calibration's, would flush small fp16 gradients to zero); None on CPU."""
     if device.type != "cuda" or not enabled:
+        return None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if fp16 else None
+
+
+def autocast(device: torch.device, enabled: bool = True, fp16: bool = True) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA (bf16 where supported; see `autocast_dtype`); a no-op on CPU."""
+    dtype = autocast_dtype(device, enabled, fp16)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 
 

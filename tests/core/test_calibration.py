@@ -215,3 +215,27 @@ def test_vit_attention_projection_inputs_are_collected():
     assert stats.in_abs["blocks.0"].shape == (32,)             # patch embedding + positions + cls
     assert "blocks.0.norm1" not in stats.out_abs and "blocks.0.attn.qkv" not in stats.out_abs  # reads
     assert stats.counts["out"]["blocks.0.attn.proj"] == 3 * 5  # samples x tokens (4 patches + cls)
+
+
+def test_calibration_autocasts_to_bf16_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMP is on by default for calibrate as for eval and finetune, but its backward pass has no loss
+    scaling: on a GPU without bf16 it runs in float32 instead of fp16 (whose small gradients underflow)."""
+    from agfprune.core.device import autocast_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda, True) == torch.float16  # eval and finetune (finetune scales its loss)
+    assert autocast_dtype(cuda, True, fp16=False) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype(cuda, True, fp16=False) == torch.bfloat16
+    assert autocast_dtype(cuda, False) is None and autocast_dtype(cpu, True) is None
+    calls = []
+    import agfprune.core.calibration as calibration
+
+    original = calibration.autocast
+    monkeypatch.setattr(calibration, "autocast", lambda *a, **k: calls.append(k) or original(*a, **k))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    calibrate(model, [(images, labels)], torch.device("cpu"), batches=1, amp=True)
+    assert calls and all(call.get("fp16") is False for call in calls)

@@ -30,8 +30,10 @@ def calibrate_command(
     mean: o.MeanOpt = None,
     std: o.StdOpt = None,
     device: o.DeviceOpt = "auto",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision forward on CUDA; statistics "
-                                      "are accumulated in float32 either way.")] = False,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 mixed precision on CUDA, on by default as in "
+                                      "eval and finetune; ignored on CPU and on GPUs without bf16 (fp16 gradients "
+                                      "would underflow without loss scaling). The statistics are accumulated in "
+                                      "float32 either way; --no-amp also computes activations and gradients in float32.")] = True,
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
