@@ -5,13 +5,16 @@ activations.
 Hooks: AGF and Taylor sums are taken exactly at the removal sites of the model's dependency groups
 (agfprune.core.pruning.groups: norm outputs, writes into residual streams, consumer inputs of
 internal groups; never a frozen shortcut). A forward hook (output sites) or forward pre-hook (input
-sites) registers a tensor hook, so that |a * dL/da| is reduced per channel during backward while
-both tensors are alive anyway; a forward pre-hook sums the squared input of every Conv/Linear per
-input channel (Wanda/RIA). Parameter gradients accumulate in `.grad` across batches (SNIP).
+sites) registers a tensor hook, so that |a * dL/da| is reduced per channel during backward. A
+BatchNorm output is not held until then (autograd drops it: the next ReLU saves its own output, an
+add saves nothing); the hook keeps BN's input, which BN's backward saves anyway, and recomputes the
+output from it, so calibration needs about the memory of a plain step. A forward pre-hook sums the
+squared input of every Conv/Linear per input channel (Wanda/RIA). Parameter gradients accumulate in `.grad` across batches (SNIP).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -119,15 +122,14 @@ def _flatten(tensor: torch.Tensor, dim: int) -> torch.Tensor | None:
     return tensor.movedim(dim, -1).reshape(tensor.shape[0], -1, tensor.shape[dim])
 
 
-def _per_sample_sums(product: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(N, C) sums over positions, plus the flattened view they came from."""
-    flat = _flatten(product, dim)
-    if flat is None:
-        return product, None
-    if dim != 1 and dim != product.ndim - 1:
-        flat = flat.clone()  # movedim made a copy-free view; keep abs_ off the caller's tensor
-        return flat.sum(dim=1), flat
-    return (flat.sum(dim=2) if dim == 1 else flat.sum(dim=1)), flat
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    """Whether autocast is on for `device_type` here, and its dtype (to recompute a norm as run)."""
+    try:
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # torch < 2.4: CUDA and CPU have separate functions
+        if device_type == "cuda":
+            return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
 
 
 def _channel_square_sums(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -176,35 +178,58 @@ class _Collector:
         else:
             target[name] = value.to(self.dtype).clone()
 
-    def _tap(self, name: str, tensor: torch.Tensor, dim: int, side: str) -> None:
-        """Register the backward-time reduction of |a * g| for `tensor` (channel dimension `dim`)."""
+    def _tap(self, name: str, tensor: torch.Tensor, dim: int, side: str,
+             recompute: tuple[nn.Module, torch.Tensor] | None = None) -> None:
+        """Register the backward-time reduction of |a * g| for `tensor` (channel dimension `dim`).
+
+        `recompute` = (norm, its input): hold the input, which the norm's own backward keeps anyway,
+        and recompute the output when the gradient arrives, instead of holding the output, which
+        autograd drops (a ReLU saves its own output, an add saves nothing)."""
         clone = side == "out" and name in self.clone_outputs
-        value = tensor.detach().clone() if clone else tensor.detach()
-        version = value._version
+        if clone or recompute is None:
+            value = tensor.detach().clone() if clone else tensor.detach()
+            source = None
+        else:
+            norm, source = recompute[0], recompute[1].detach()
+            value = None
+            device_type = tensor.device.type  # the closure must not hold `tensor` itself
+            amp = _autocast_state(device_type)
+        held = value if value is not None else source
+        version = held._version
 
         def on_grad(grad: torch.Tensor) -> None:
-            if not clone and value._version != version:
+            if not clone and held._version != version:
                 # modified in place after the layer (e.g. `x += shortcut`): the held value is wrong
                 self.modified_in_place.add(name)
                 return
             with torch.no_grad():
-                self._reduce(name, value, grad, dim, side)
+                if value is not None:
+                    self._reduce(name, self._product(value, grad, fresh=False), dim, side)
+                    return
+                with torch.autocast(device_type, dtype=amp[1]) if amp[0] else contextlib.nullcontext():
+                    output = norm.forward(source)  # forward(), not __call__: no hooks run again
+                self._reduce(name, self._product(output, grad, fresh=True), dim, side)
 
         tensor.register_hook(on_grad)
 
-    def _reduce(self, name: str, value: torch.Tensor, grad: torch.Tensor, dim: int, side: str) -> None:
+    def _product(self, value: torch.Tensor, grad: torch.Tensor, fresh: bool) -> torch.Tensor:
+        """a * g in the accumulator dtype (AMP: both cast first); in place in `value` when it is `fresh`
+        (a temporary of ours), which spares allocating a second activation-sized buffer."""
         if value.dtype != self.dtype or grad.dtype != self.dtype:
-            product = value.to(self.dtype) * grad.to(self.dtype)
-        else:
-            product = value * grad  # a fresh tensor, so the in-place abs_ below is safe
-        per_sample, flat = _per_sample_sums(product, dim)
-        taylor = per_sample.abs().sum(dim=0)
+            return value.to(self.dtype) * grad.to(self.dtype)
+        return value.mul_(grad) if fresh else value * grad
+
+    def _reduce(self, name: str, product: torch.Tensor, dim: int, side: str) -> None:
+        """Add |a * g| and the per-sample |sum over positions of a * g| per channel (product = a * g)."""
+        flat = _flatten(product, dim)
         if flat is None:  # (N, C): no positions, so both sums coincide
-            absolute = taylor
-        elif dim == 1:
-            absolute = flat.abs_().sum(dim=2).sum(dim=0)
-        else:
-            absolute = flat.abs_().sum(dim=(0, 1))
+            absolute = taylor = product.abs().sum(dim=0)
+        elif dim == 1:  # (N, C, P)
+            taylor = flat.sum(dim=2).abs_().sum(dim=0)
+            absolute = torch.linalg.vector_norm(flat, ord=1, dim=2).sum(dim=0)
+        else:  # (N, P, C)
+            taylor = flat.sum(dim=1).abs_().sum(dim=0)
+            absolute = torch.linalg.vector_norm(flat.reshape(-1, flat.shape[-1]), ord=1, dim=0)
         abs_target, taylor_target = ((self.stats.out_abs, self.stats.out_taylor) if side == "out"
                                      else (self.stats.in_abs, self.stats.in_taylor))
         self._accumulate(abs_target, name, absolute)
@@ -218,7 +243,11 @@ class _Collector:
                 return
             dim = _channel_dim(output, site.channels, site.channels_last)
             if dim is not None:
-                self._tap(site.module, output, dim, "out")
+                recompute = None
+                if (isinstance(mod, nn.modules.batchnorm._BatchNorm) and not mod.training and inputs
+                        and isinstance(inputs[0], torch.Tensor) and inputs[0].shape == output.shape):
+                    recompute = (mod, inputs[0])
+                self._tap(site.module, output, dim, "out", recompute)
 
         return hook
 

@@ -65,7 +65,7 @@ def _brute_force(model: nn.Module, batches):
     out_abs = {n: 0.0 for n in modules}
     out_taylor = {n: 0.0 for n in modules}
     counts = {n: 0 for n in modules}
-    in_sq = {n: 0.0 for n in modules if not isinstance(modules[n], (nn.BatchNorm2d, nn.LayerNorm))}
+    in_sq = {n: 0.0 for n in modules if not isinstance(modules[n], (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm))}
     grads = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for images, labels in batches:
         outputs, inputs = {}, {}
@@ -120,6 +120,49 @@ def test_hook_stats_equal_brute_force_autograd_float64():
     assert float(stats.agf("bn2").sum()) > 0
     assert stats.samples == 15 and stats.batches == 3
     assert stats.metadata["dtype"] == "float64" and stats.metadata["fingerprint"]
+
+
+def _group_norm_model() -> nn.Module:
+    """TinyNet whose bn2 is a GroupNorm: an output that later code modifies in place (`z += h`)
+    and that calibration cannot recompute, so it redoes the first batch holding a copy."""
+    model = _tiny_model()
+    torch.manual_seed(2)
+    model.bn2 = nn.GroupNorm(2, 4).double()
+    with torch.no_grad():
+        model.bn2.weight.uniform_(0.5, 1.5)
+        model.bn2.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_outputs_modified_in_place_are_copied_and_equal_brute_force():
+    model, batches = _group_norm_model(), _batches()
+    stats = calibrate(model, batches, "cpu", batches=len(batches))
+    agf, taylor, _, _ = _brute_force(_group_norm_model(), batches)
+    assert sorted(stats.out_abs) == ["bn1", "bn2"]
+    for name in ("bn1", "bn2"):
+        torch.testing.assert_close(stats.agf(name), agf[name], rtol=0, atol=1e-10)
+        torch.testing.assert_close(stats.taylor(name), taylor[name], rtol=0, atol=1e-10)
+
+
+def test_batchnorm_outputs_are_not_held_until_backward():
+    """Memory: calibration keeps a BatchNorm's input (which BN's backward saves anyway) and recomputes
+    the output when its gradient arrives, so an output autograd drops (read by a non-inplace ReLU, or
+    by an in-place add) is freed after the forward, as in a plain step."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from agfprune.core.calibration import _Collector, removal_sites_of
+
+    model, ((images, labels),) = _tiny_model().eval(), _batches(1)
+    collector = _Collector(model, torch.float64, torch.device("cpu"), removal_sites_of(model, images[:1]))
+    outputs = {}
+    for name in ("bn1", "bn2"):
+        model.get_submodule(name).register_forward_hook(
+            lambda module, args, output, name=name: outputs.__setitem__(name, StorageWeakRef(output.untyped_storage())))
+    loss = nn.functional.cross_entropy(model(images), labels)
+    assert {name: ref.expired() for name, ref in outputs.items()} == {"bn1": True, "bn2": True}
+    loss.backward()
+    collector.remove()
+    assert not collector.modified_in_place and collector.stats.out_abs.keys() == {"bn1", "bn2"}
 
 
 def test_model_is_left_unchanged_and_gradients_cleared():
