@@ -24,6 +24,7 @@ from agfprune.core.atomic import atomic_path, check_outputs
 from agfprune.core.errors import ModelError, NumericalError, UsageError
 from agfprune.core.models import LoadedModel
 from agfprune.core.progress import SILENT, Progress
+from agfprune.core.registry import Registry
 
 TOLERANCE = 1e-4
 TORCHSCRIPT_MODES = ("trace", "script")
@@ -103,8 +104,30 @@ def _require(module: str) -> Any:
                          "install the optional extra: pip install 'agfprune[export]'") from None
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, options: dict[str, Any],
-                 progress: Progress) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+Runner = Callable[[torch.Tensor], torch.Tensor]  # runs the written file on a batch
+Writer = Callable[[LoadedModel, nn.Module, torch.Tensor, Path, dict[str, Any], Progress], tuple[Runner, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """An export format: the file suffix its temporary file gets, and the function that writes it
+    there and returns (a function running the written file, details for the report)."""
+
+    suffix: str
+    write: Writer
+
+
+FORMATS: Registry[ExportFormat] = Registry("export format", "--format {name!r}: expected one of {valid}")
+
+
+def register_format(name: str, suffix: str) -> Callable[[Writer], Writer]:
+    """Decorator: make `write(loaded, model, example, tmp, options, progress)` the exporter of `name`."""
+    return FORMATS.decorator(name, lambda write: ExportFormat(suffix, write))
+
+
+@register_format("onnx", ".onnx")
+def _export_onnx(loaded_model: LoadedModel, model: nn.Module, example: torch.Tensor, tmp: Path,
+                 options: dict[str, Any], progress: Progress) -> tuple[Runner, dict[str, Any]]:
     onnx = _require("onnx")
     onnxruntime = _require("onnxruntime")
     opset = options.get("opset")
@@ -142,8 +165,9 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: Path, options: di
     return run, {"opset": used_opset, "exporter": exporter, "dynamic_batch": True}
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: Path, options: dict[str, Any],
-                        progress: Progress) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+@register_format("torchscript", ".pt")
+def _export_torchscript(loaded_model: LoadedModel, model: nn.Module, example: torch.Tensor, tmp: Path,
+                        options: dict[str, Any], progress: Progress) -> tuple[Runner, dict[str, Any]]:
     mode = options.get("torchscript_mode", "trace")
     if mode not in TORCHSCRIPT_MODES:
         raise UsageError(f"--torchscript-mode {mode!r}: expected trace or script")
@@ -167,7 +191,9 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: Path, opti
     return run, {"torchscript_mode": mode}
 
 
-def _export_safetensors(loaded_model: LoadedModel, tmp: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+@register_format("safetensors", ".safetensors")
+def _export_safetensors(loaded_model: LoadedModel, model: nn.Module, example: torch.Tensor, tmp: Path,
+                        options: dict[str, Any], progress: Progress) -> tuple[Runner, dict[str, Any]]:
     from agfprune.core.checkpoint import write_checkpoint
     from agfprune.core.models import load_model
 
@@ -186,15 +212,11 @@ def _export_safetensors(loaded_model: LoadedModel, tmp: Path) -> tuple[Callable[
     return run, {}
 
 
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
-
-
 def check_export_request(fmt: str, out: str | Path, *, source: str | Path | None = None, batch_size: int = 2,
                          opset: int | None = None,
                          torchscript_mode: str = "trace") -> None:
     """Refuse bad options and an unwritable `out` before any model is loaded."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    FORMATS.check(fmt)
     if batch_size <= 0:
         raise UsageError(f"--batch-size {batch_size}: must be positive")
     if opset is not None and not 7 <= opset <= 30:
@@ -224,14 +246,10 @@ def export_model(loaded: LoadedModel, fmt: str, out: str | Path, *, batch_size: 
     metadata = export_metadata(loaded.arch, loaded.fingerprint, input_size=list(loaded.input_size),
                                pruned=bool(loaded.metadata.get("structure")), data_config=loaded.data_config,
                                params=cost.params, macs=cost.macs)
-    with atomic_path(out, suffix=FORMATS[fmt]) as tmp:
-        if fmt == "onnx":
-            run, detail = _export_onnx(model, example, tmp, {"opset": opset, "metadata": metadata}, progress)
-        elif fmt == "torchscript":
-            run, detail = _export_torchscript(model, example, tmp, {"torchscript_mode": torchscript_mode,
-                                                                    "metadata": metadata}, progress)
-        else:
-            run, detail = _export_safetensors(loaded, tmp)
+    export_format = FORMATS[fmt]
+    with atomic_path(out, suffix=export_format.suffix) as tmp:
+        run, detail = export_format.write(loaded, model, example, tmp, {
+            "opset": opset, "torchscript_mode": torchscript_mode, "metadata": metadata}, progress)
         diff = _max_abs_diff(reference, [run(x) for x in inputs])
         if not diff <= tolerance:  # also catches NaN
             raise NumericalError(f"{fmt} export of {loaded.arch} differs from PyTorch by {diff:.3g} "

@@ -11,53 +11,44 @@ import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from agfprune.core.errors import UsageError
+from agfprune.core.registry import Registry
 
 if TYPE_CHECKING:
     from agfprune.core.calibration import CalibrationStats
     from agfprune.core.metrics.base import Metric
 
 M = TypeVar("M", bound=type)
-_REGISTRY: dict[str, type] = {}
 _PREFERRED = ("agf", "taylor", "magnitude", "bn_scale", "wanda", "ria", "snip", "random")
-_loaded = False
+
+
+def _discover() -> None:
+    found = {info.name for info in pkgutil.iter_modules(__path__) if info.name not in ("base",)}
+    for module in [m for m in _PREFERRED if m in found] + sorted(found - set(_PREFERRED)):
+        importlib.import_module(f"{__name__}.{module}")
+
+
+METRICS: Registry[type] = Registry("metric", "unknown metric {name!r}; valid metrics: {valid}", discover=_discover)
 
 
 def register_metric(name: str) -> Callable[[M], M]:
     """Class decorator: make a Metric subclass available under `name`."""
 
     def decorate(cls: M) -> M:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"metric {name!r} registered twice")
+        METRICS.register(name, cls)
         cls.name = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
 
 
-def _discover() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    found = {info.name for info in pkgutil.iter_modules(__path__) if info.name not in ("base",)}
-    for module in [m for m in _PREFERRED if m in found] + sorted(found - set(_PREFERRED)):
-        importlib.import_module(f"{__name__}.{module}")
-
-
 def metric_names() -> list[str]:
     """Registered metric names, AGF first."""
-    _discover()
-    return list(_REGISTRY)
+    return METRICS.names()
 
 
 def metric_class(name: str) -> type:
     """The class registered under `name`; UsageError listing the valid names otherwise."""
-    _discover()
-    if name not in _REGISTRY:
-        raise UsageError(f"unknown metric {name!r}; valid metrics: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return METRICS.lookup(name)
 
 
 def get_metric(name: str, stats: CalibrationStats | None = None, seed: int = 0,
@@ -68,4 +59,4 @@ def get_metric(name: str, stats: CalibrationStats | None = None, seed: int = 0,
                               normalizer=normalizer)
 
 
-__all__ = ["get_metric", "metric_class", "metric_names", "register_metric"]
+__all__ = ["METRICS", "get_metric", "metric_class", "metric_names", "register_metric"]

@@ -19,19 +19,16 @@ import torch
 import torch.nn as nn
 
 from agfprune.core.errors import UsageError
+from agfprune.core.registry import Registry
 
 SignalFunction = Callable[[torch.Tensor], torch.Tensor]
-SIGNALS: dict[str, SignalFunction] = {}
+_UNKNOWN = "--signal {name!r}: unknown signal (valid: {valid})"
+SIGNALS: Registry[SignalFunction] = Registry("signal", _UNKNOWN, sort=True)
 
 
 def register_signal(name: str) -> Callable[[SignalFunction], SignalFunction]:
     """Decorator: make `function(logits) -> (N,) scores` available under `name`."""
-
-    def decorate(function: SignalFunction) -> SignalFunction:
-        SIGNALS[name] = function
-        return function
-
-    return decorate
+    return SIGNALS.decorator(name)
 
 
 @register_signal("confidence")
@@ -68,17 +65,13 @@ class DynamicSignal:
     extra_cost: str
 
 
-DYNAMIC_SIGNALS: dict[str, DynamicSignal] = {}
+DYNAMIC_SIGNALS: Registry[DynamicSignal] = Registry("dynamic signal", _UNKNOWN, sort=True)
+ALL_SIGNALS: Registry[SignalFunction | DynamicSignal] = Registry("signal", _UNKNOWN, chain=(SIGNALS, DYNAMIC_SIGNALS))
 
 
 def register_dynamic_signal(name: str, extra_macs_factor: float, extra_cost: str):
     """Decorator: make `function(model, images) -> (logits, scores)` available under `name`."""
-
-    def decorate(function):
-        DYNAMIC_SIGNALS[name] = DynamicSignal(function, extra_macs_factor, extra_cost)
-        return function
-
-    return decorate
+    return DYNAMIC_SIGNALS.decorator(name, lambda function: DynamicSignal(function, extra_macs_factor, extra_cost))
 
 
 @register_dynamic_signal(
@@ -99,7 +92,7 @@ def input_gradient_norm(model: nn.Module, images: torch.Tensor) -> tuple[torch.T
 
 def signal_names() -> list[str]:
     """Every signal name: zero-cost ones first, then dynamic ones."""
-    return sorted(SIGNALS) + sorted(DYNAMIC_SIGNALS)
+    return ALL_SIGNALS.names()
 
 
 def is_dynamic(name: str) -> bool:
@@ -108,9 +101,7 @@ def is_dynamic(name: str) -> bool:
 
 def check_signal(name: str) -> str:
     """`name` if it is a registered signal of either kind; a one-line UsageError otherwise."""
-    if name not in SIGNALS and name not in DYNAMIC_SIGNALS:
-        raise UsageError(f"--signal {name!r}: unknown signal (valid: {', '.join(signal_names())})")
-    return name
+    return ALL_SIGNALS.check(name)
 
 
 def get_signal(name: str) -> SignalFunction:
