@@ -29,8 +29,8 @@ Generated from the CLI by `python -m agfprune.cli.docgen > docs/cli.md`; do not 
   dashes (`json: true`, `global: true`, `calib_batches: 8`; `_` and `-` are interchangeable); options given
   on the command line win.
 - One spelling per concept: a checkpoint is accepted positionally and as `--checkpoint` by every command
-  that reads one; `--calib-batches`/`--calib-batch-size`/`--calib-loss` size and steer calibration,
-  `--bn-batches` BatchNorm recalibration, `--batch-size` every other batch (default 128), `--eval-data`/
+  that reads one; `--calib-batches`/`--calib-batch-size`/`--calib-loss` size and steer statistics collection,
+  `--bn-batches` BatchNorm re-estimation, `--batch-size` every other batch (default 128), `--eval-data`/
   `--eval-limit` the images a result is reported on (the same seeded subset `eval --limit` takes).
   `--metric`/`--ratio` take one value, `--metrics`/`--ratios` several. A short flag means the same
   option in every command. Old spellings still work, hidden from `--help`, with a deprecation note on

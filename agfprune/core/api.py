@@ -1,7 +1,7 @@
 """The Python API: prune any nn.Module, save it self-described, load it onto a fresh instance.
 
 `prune` drives the same engine as `agfprune prune` (torch-pruning's dependency graph, agfprune's
-metrics, BatchNorm recalibration); the pruned module remembers where it came from, so that `save`
+metrics, BatchNorm re-estimation); the pruned module remembers where it came from, so that `save`
 can write the structure diff and the pruning record, and `load(path, model=MyNet())` can replay the
 structure on a user's own class, which no model name could rebuild.
 """
@@ -112,13 +112,13 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, metri
     """Prune a copy of `model` structurally; returns (pruned model, PruneRecord). `model` is untouched.
 
     `data`: an iterable of (images, labels) batches, or a path/`synthetic:N`; with it AGF is the default
-    metric and BatchNorm is recalibrated on `bn_batches` (default `calib_batches`) batches. Without it
+    metric and BatchNorm statistics are re-estimated on `bn_batches` (default `calib_batches`) batches. Without it
     the default is magnitude-l2 and BatchNorm statistics stay as they were.
     """
     from agfprune.core.fingerprint import model_fingerprint
     from agfprune.core.metrics import get_metric, metric_class
     from agfprune.core.models import LoadedModel
-    from agfprune.core.pruning import MetricScorer, PruneOptions, prune_model, recalibrate_batchnorm
+    from agfprune.core.pruning import MetricScorer, PruneOptions, prune_model, reestimate_batchnorm
 
     if not isinstance(model, nn.Module):
         raise UsageError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -145,20 +145,21 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, metri
     def make_importance(current: nn.Module, step: int) -> Any:
         stats = None
         if needs_stats:
-            from agfprune.core.calibration import calibrate
+            from agfprune.core.calibration import collect_statistics
 
-            stats = calibrate(current, batches, device, batches=calib_batches, target=calib_loss, progress=progress)
+            stats = collect_statistics(current, batches, device, batches=calib_batches, target=calib_loss,
+                                       progress=progress)
         return get_metric(name, stats=stats, seed=seed)
 
-    recalibrate = None
+    reestimate_bn = None
     bn_count = calib_batches if bn_batches is None else bn_batches
     if batches is not None and bn_count > 0:
-        def recalibrate(current: nn.Module) -> int:
-            return recalibrate_batchnorm(current, batches, device, bn_count, progress)
+        def reestimate_bn(current: nn.Module) -> int:
+            return reestimate_batchnorm(current, batches, device, bn_count, progress)
 
     was_training = model.training
     result = prune_model(loaded, MetricScorer(name, make_importance), options, input_size=input_size,
-                         recalibrate=recalibrate, seed=seed, progress=progress)
+                         reestimate_bn=reestimate_bn, seed=seed, progress=progress)
     model.train(was_training)
     object.__setattr__(result.model, PROVENANCE_ATTR, Provenance(
         base=_meta_copy(model), arch=arch, timm_kwargs=timm_kwargs, data_config=data_config,

@@ -303,10 +303,10 @@ def _accumulator_dtype(model: nn.Module) -> torch.dtype:
     return torch.float64 if first is not None and first.dtype == torch.float64 else torch.float32
 
 
-def calibrate(model: nn.Module, loader: Iterable[Any], device: torch.device | str, *, batches: int,
-              target: str = "labels", progress: Progress = SILENT, amp: bool = False,
-              metadata: Mapping[str, Any] | None = None, micro_batch: int | None = None,
-              context: DistContext | None = None) -> CalibrationStats:
+def collect_statistics(model: nn.Module, loader: Iterable[Any], device: torch.device | str, *, batches: int,
+                       target: str = "labels", progress: Progress = SILENT, amp: bool = False,
+                       metadata: Mapping[str, Any] | None = None, micro_batch: int | None = None,
+                       context: DistContext | None = None) -> CalibrationStats:
     """Run `batches` forward+backward passes (model in eval mode) and return the streamed sums.
 
     `micro_batch` splits each batch into chunks of at most that many images, each chunk's loss
@@ -551,3 +551,7 @@ def check_matches(stats: CalibrationStats, loaded_model: Any) -> None:
         recorded = stats.metadata.get("model") or "another model"
         raise ModelError(f"{source} was made for weights {expected} ({recorded}), but the given model "
                          f"has fingerprint {actual}; rerun `agfprune calibrate` with this model")
+
+
+# deprecated name ("calibrate" also meant router thresholds and BatchNorm statistics)
+calibrate = collect_statistics

@@ -70,7 +70,7 @@ def run_calibration(request: CalibrateRequest, progress: Progress = SILENT) -> d
 
 
 def _run(request: CalibrateRequest, context: Any, device: Any, progress: Progress) -> dict[str, Any] | None:
-    from agfprune.core.calibration import calibrate, save_calibration
+    from agfprune.core.calibration import collect_statistics, save_calibration
     from agfprune.core.data import (build_transform, calibration_loader, data_config_overrides, open_dataset,
                                     skipped_images)
     from agfprune.core.device import seed_everything
@@ -100,9 +100,9 @@ def _run(request: CalibrateRequest, context: Any, device: Any, progress: Progres
     progress.log(f"calibrating {loaded.arch} on {request.batches} batches of {request.batch_size} "
                  f"from {request.data} ({request.split})"
                  + (f" on {context.world_size} processes" if context.enabled else ""))
-    stats = calibrate(loaded.model, loader, device, batches=request.batches, target=request.target,
-                      progress=progress, amp=request.amp, metadata=provenance, micro_batch=request.micro_batch,
-                      context=context)
+    stats = collect_statistics(loaded.model, loader, device, batches=request.batches, target=request.target,
+                               progress=progress, amp=request.amp, metadata=provenance,
+                               micro_batch=request.micro_batch, context=context)
     if not context.is_main:
         return None
     save_calibration(request.out, stats)

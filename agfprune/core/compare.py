@@ -1,4 +1,4 @@
-"""The stress test: every metric × allocation × ratio × seed, pruned, BN-recalibrated, evaluated,
+"""The stress test: every metric × allocation × ratio × seed, pruned, BatchNorm re-estimated, evaluated,
 optionally fine-tuned with one shared budget (optionally distilled from the dense model), and
 evaluated again; optionally a from-scratch baseline per pruned shape (`--baselines scratch`).
 
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from agfprune.core.atomic import check_writable, write_text_atomic
-from agfprune.core.compare_report import (HALVES, jaccard_overlaps, render_markdown, summarise,  # noqa: F401
+from agfprune.core.compare_report import (HALVES, jaccard_overlaps, render_markdown, summarize,  # noqa: F401
                                           write_outputs)
 from agfprune.core.data import LoaderOptions, build_transform, cache_decoded, make_loader, open_dataset
 from agfprune.core.device import seed_everything
@@ -273,18 +273,18 @@ class _Runner:
         return accuracy_from_logits(logits, labels), halves
 
     def calibration(self, seed: int) -> Any:
-        from agfprune.core.calibration import calibrate
+        from agfprune.core.calibration import collect_statistics
 
         if seed not in self.stats:
             self.progress.log(f"calibrating on {self.config.calib_batches} batches (seed {seed})")
             loader = self._calib_loader(seed, self.config.calib_batch_size)
-            self.stats[seed] = calibrate(self.loaded.model, loader, self.device,
-                                         batches=self.config.calib_batches, progress=self.progress)
+            self.stats[seed] = collect_statistics(self.loaded.model, loader, self.device,
+                                                  batches=self.config.calib_batches, progress=self.progress)
         return self.stats[seed]
 
     def _prune(self, metric: str, allocation: str, ratio: float, seed: int) -> Any:
         from agfprune.core.metrics import get_metric
-        from agfprune.core.pruning import MetricScorer, prune_model, recalibrate_batchnorm
+        from agfprune.core.pruning import MetricScorer, prune_model, reestimate_batchnorm
 
         stats = self.calibration(seed)  # once per seed; it also checks the data gives enough batches
         normalizer = self.config.normalizer
@@ -292,13 +292,13 @@ class _Runner:
                                                                        normalizer=normalizer))
         bn_seed = seed + 10_000  # BN batches differ from calibration batches but repeat per seed
 
-        def recalibrate(model: torch.nn.Module) -> int:
+        def reestimate_bn(model: torch.nn.Module) -> int:
             loader = self._calib_loader(bn_seed, self.config.calib_batch_size)
-            return recalibrate_batchnorm(model, loader, self.device, self.config.bn_batches)
+            return reestimate_batchnorm(model, loader, self.device, self.config.bn_batches)
 
         seed_everything(seed)
         return prune_model(self.loaded, scorer, self.config.prune_options(ratio, allocation),
-                           recalibrate=recalibrate if self.config.bn_batches else None, seed=seed)
+                           reestimate_bn=reestimate_bn if self.config.bn_batches else None, seed=seed)
 
     def run_cell(self, metric: str, allocation: str, ratio: float, seed: int) -> Cell:
         if metric == SCRATCH:
@@ -451,7 +451,7 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
     cells = [cell for cell in found.values() if cell is not None]
     dense, dense_halves = runner.evaluate(loaded.model)
     dense_cost = count_cost(loaded.model, loaded.input_size, device)
-    results = summarise(loaded, config, cells, dense.top1, dense_cost, dense_halves, planned=len(plan))
+    results = summarize(loaded, config, cells, dense.top1, dense_cost, dense_halves, planned=len(plan))
     timings = {cell.key: cell.seconds for cell in cells if cell.seconds is not None}
     write_outputs(config.out, results, cells, timings)
     if timings:

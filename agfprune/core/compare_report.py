@@ -120,7 +120,7 @@ def assign_ranks(rows: list[dict[str, Any]], per_seed: dict[str, dict[int, float
             row[f"rank_{stage}"] = None
 
 
-def summarise(loaded: Any, config: Any, cells: list[Any], dense_top1: float, dense_cost: Any,
+def summarize(loaded: Any, config: Any, cells: list[Any], dense_top1: float, dense_cost: Any,
               dense_halves: dict[str, float] | None = None, planned: int | None = None) -> dict[str, Any]:
     """Per metric, allocation and ratio: mean ± std (whole split and halves), the report-half mean
     with its 95 % interval, paired differences against random and the reference, ranks with ties."""

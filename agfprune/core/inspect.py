@@ -38,10 +38,10 @@ def describe_model(loaded: LoadedModel) -> dict[str, Any]:
     metadata = {k: v for k, v in loaded.metadata.items() if k not in ("structure",)}
     widths: dict[str, Any] = {}
     if loaded.metadata.get("structure"):
-        from agfprune.core.widths_report import base_of, summarise_widths, width_rows
+        from agfprune.core.widths_report import base_of, summarize_widths, width_rows
 
         rows = width_rows(base_of(loaded), loaded.model)
-        widths = {"width_summary": summarise_widths(rows), "widths": rows}
+        widths = {"width_summary": summarize_widths(rows), "widths": rows}
     return {
         "model": loaded.arch,
         "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,

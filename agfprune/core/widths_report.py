@@ -51,7 +51,7 @@ def base_of(loaded: Any) -> nn.Module:
         return create_model(loaded.arch, **loaded.timm_kwargs)
 
 
-def summarise_widths(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_widths(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """How many layers got narrower, the kept fraction's range, and heads removed (for ViTs)."""
     layers = [r for r in rows if r["kind"] != "heads"]
     narrower = [r for r in layers if r["after"] < r["before"]]

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from agfprune.core.pruning import recalibrate_batchnorm
+from agfprune.core.pruning import reestimate_batchnorm
 
 
 def _batch_statistics(model: nn.Module, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -33,7 +33,7 @@ def test_recalibration_averages_mean_and_variance_over_batches() -> None:
         model[1].running_mean.fill_(5.0)
         model[1].running_var.fill_(9.0)
     batches = [(torch.randn(8, 3, 8, 8) * (i + 1) + i, torch.zeros(8, dtype=torch.long)) for i in range(3)]
-    assert recalibrate_batchnorm(model, batches, torch.device("cpu"), max_batches=3) == 3
+    assert reestimate_batchnorm(model, batches, torch.device("cpu"), max_batches=3) == 3
     per_batch = [_batch_statistics(model, images)["1"] for images, _ in batches]
     assert torch.allclose(model[1].running_mean, torch.stack([m for m, _ in per_batch]).mean(0), atol=1e-5)
     assert torch.allclose(model[1].running_var, torch.stack([v for _, v in per_batch]).mean(0), rtol=1e-5)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agfprune.core.compare import Cell, CompareConfig, jaccard_overlaps, run_compare, summarise
+from agfprune.core.compare import Cell, CompareConfig, jaccard_overlaps, run_compare, summarize
 from agfprune.core.device import resolve_device
 from agfprune.core.errors import UsageError
 from agfprune.core.evaluate import ModelCost
@@ -82,7 +82,7 @@ def test_summary_ranks_and_random_test(dense, tmp_path: Path) -> None:
              _cell("random", 0, 40, [2, 3]), _cell("random", 1, 44, [1, 3]),
              _cell("wanda", 0, 41, [0, 3]), _cell("wanda", 1, 43, [0, 2])]
     config = _config(tmp_path, metrics=["agf", "random", "wanda"], finetune_epochs=0)
-    summary = {r["metric"]: r for r in summarise(dense, config, cells, 90.0, ModelCost(20, 20))["summary"]}
+    summary = {r["metric"]: r for r in summarize(dense, config, cells, 90.0, ModelCost(20, 20))["summary"]}
     # agf − random per seed: 20, 18 → mean 19, sd √2, 95 % t (1 df) half-width 12.706·√2/√2 = 12.706
     assert summary["agf"]["vs_random_pruned"] == {"mean": 19.0, "low": 6.294, "high": 31.706, "n": 2}
     assert summary["agf"]["beats_random_pruned"] is True
@@ -120,7 +120,7 @@ def test_ties_in_rank_and_claims(dense, tmp_path: Path) -> None:
     cells = [cell(m, s, v) for m, values in tops.items() for s, v in enumerate(values)]
     config = _config(tmp_path, metrics=["agf", "taylor", "magnitude-l2", "random"], ratios=[0.75], seeds=3,
                      baselines=["scratch"])
-    results = summarise(dense, config, cells, 90.0, ModelCost(20, 20))
+    results = summarize(dense, config, cells, 90.0, ModelCost(20, 20))
     rows = {r["metric"]: r for r in results["summary"]}
     assert rows["agf"]["rank_finetuned"] == rows["taylor"]["rank_finetuned"] == 1
     assert rows["random"]["rank_finetuned"] == 3 and rows["magnitude-l2"]["rank_finetuned"] == 4
@@ -130,10 +130,10 @@ def test_ties_in_rank_and_claims(dense, tmp_path: Path) -> None:
     assert verdicts[3].startswith("does not hold")
     flipped = [cell(m, s, v if m != "magnitude-l2" else v + 20) for m, values in tops.items()
                for s, v in enumerate(values)]
-    verdicts = {c["claim"]: c["verdict"] for c in summarise(dense, config, flipped, 90.0, ModelCost(20, 20))["claims"]}
+    verdicts = {c["claim"]: c["verdict"] for c in summarize(dense, config, flipped, 90.0, ModelCost(20, 20))["claims"]}
     assert verdicts[1] == "does not hold"
     tied = [cell(m, s, v if m != "agf" else (60, 62, 61)[s]) for m, values in tops.items() for s, v in enumerate(values)]
-    verdicts = {c["claim"]: c["verdict"] for c in summarise(dense, config, tied, 90.0, ModelCost(20, 20))["claims"]}
+    verdicts = {c["claim"]: c["verdict"] for c in summarize(dense, config, tied, 90.0, ModelCost(20, 20))["claims"]}
     assert verdicts[1].startswith("holds in part")  # AGF ties random: not "holds"
 
 

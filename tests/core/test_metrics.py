@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner.importance import Importance
 
-from agfprune.core.calibration import calibrate
+from agfprune.core.calibration import collect_statistics
 from agfprune.core.errors import UsageError
 from agfprune.core.metrics import get_metric, metric_names
 from agfprune.core.scoring import build_graph
@@ -32,7 +32,7 @@ def mlp_setup():
     model = Mlp().double()
     x = torch.randn(16, 4, dtype=torch.float64)
     y = torch.randint(0, 2, (16,))
-    stats = calibrate(model, [(x, y)], "cpu", batches=1)
+    stats = collect_statistics(model, [(x, y)], "cpu", batches=1)
     graph = build_graph(model, x[:1])
     group = graph.get_pruning_group(model.fc1, tp.prune_linear_out_channels, [0, 1, 2])
     hidden = torch.relu(model.fc1(x)).detach()
@@ -128,7 +128,7 @@ def test_bn_scale_and_snip_use_batchnorm():
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([0.5, -2.0, 1.0, 0.1]))
     x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 2, (6,))
-    stats = calibrate(model, [(x, y)], "cpu", batches=1)
+    stats = collect_statistics(model, [(x, y)], "cpu", batches=1)
     graph = build_graph(model, x[:1])
     group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, [0, 1, 2, 3])
     bn = get_metric("bn-scale", normalizer="none")(group)
@@ -145,7 +145,7 @@ def test_a_metric_drives_a_torch_pruning_pruner():
 
     torch.manual_seed(0)
     model = create_model("cifar_resnet20")  # frozen option-A shortcuts inside residual groups
-    stats = calibrate(model, [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))], "cpu", batches=1)
+    stats = collect_statistics(model, [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))], "cpu", batches=1)
     pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 32, 32), importance=get_metric("snip", stats),
                                   pruning_ratio=0.25, ignored_layers=[model.linear])
     pruner.step()

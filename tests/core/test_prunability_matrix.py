@@ -38,12 +38,12 @@ SLOW = {"resnet50", "efficientnet_b0", "cifar_resnet56", "deit_tiny_patch16_224"
 @lru_cache(maxsize=1)
 def _dense(arch: str):
     """The dense model and its AGF statistics (one synthetic batch of 2), built once per arch."""
-    from agfprune.core.calibration import calibrate
+    from agfprune.core.calibration import collect_statistics
 
     torch.manual_seed(0)
     loaded = load_model(arch, timm_kwargs=ARCHS[arch])
     batch = [(torch.randn(2, *INPUT), torch.tensor([1, 7]))]
-    stats = calibrate(loaded.model, batch, "cpu", batches=1)
+    stats = collect_statistics(loaded.model, batch, "cpu", batches=1)
     return loaded, stats
 
 

@@ -16,7 +16,7 @@ from agfprune.core.errors import ModelError, UsageError
 from agfprune.core.metrics import get_metric
 from agfprune.core.models import load_model
 from agfprune.core.models.cifar_resnet import OptionAShortcut
-from agfprune.core.pruning import (MetricScorer, PruneOptions, StoredScorer, prune_model, recalibrate_batchnorm,
+from agfprune.core.pruning import (MetricScorer, PruneOptions, StoredScorer, prune_model, reestimate_batchnorm,
                                    save_pruned)
 
 
@@ -180,12 +180,12 @@ def test_iterative_steps_rescore_and_recalibrate_between_steps() -> None:
         seen_widths.append(model.layer1[0].conv1.out_channels)
         return get_metric("magnitude-l2")
 
-    def recalibrate(model: nn.Module) -> int:
+    def reestimate_bn(model: nn.Module) -> int:
         recalibrations.append(model.layer1[0].conv1.out_channels)
         return 1
 
     result = prune_model(loaded, MetricScorer("magnitude-l2", make_importance), PruneOptions(ratio=0.5, steps=2),
-                         recalibrate=recalibrate)
+                         reestimate_bn=reestimate_bn)
     assert seen_widths == [16, 12]  # re-scored on the half-pruned model
     assert recalibrations == [12, 8]  # between steps and after the last
     one_shot = prune_model(loaded, _magnitude(), PruneOptions(ratio=0.5))
@@ -196,7 +196,7 @@ def test_batchnorm_recalibration_is_a_cumulative_average() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5)).eval()
     batches = [(torch.randn(8, 3, 8, 8) + i, torch.zeros(8, dtype=torch.long)) for i in range(3)]
-    used = recalibrate_batchnorm(model, batches, torch.device("cpu"), max_batches=2)
+    used = reestimate_batchnorm(model, batches, torch.device("cpu"), max_batches=2)
     with torch.no_grad():
         features = [model[0](images) for images, _ in batches[:2]]
     expected_mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in features]).mean(0)
@@ -247,11 +247,11 @@ def test_scores_file_prunes_like_the_metric_and_refuses_other_models(tmp_path: P
 
 
 def test_agf_metric_prunes_with_calibration_stats() -> None:
-    from agfprune.core.calibration import calibrate
+    from agfprune.core.calibration import collect_statistics
 
     loaded = _resnet20()
     batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
-    stats = calibrate(loaded.model, batches, "cpu", batches=1)
+    stats = collect_statistics(loaded.model, batches, "cpu", batches=1)
     result = prune_model(loaded, MetricScorer("agf", lambda model, step: get_metric("agf", stats=stats)),
                          PruneOptions(ratio=0.5))
     assert result.record.metric == "agf"

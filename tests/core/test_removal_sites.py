@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agfprune.core.calibration import calibrate
+from agfprune.core.calibration import collect_statistics
 from agfprune.core.metrics import get_metric
 from agfprune.core.models.cifar_resnet import OptionAShortcut
 from agfprune.core.pruning.groups import (attention_heads, build_graph, classifier_modules, group_key, iter_groups,
@@ -125,7 +125,7 @@ def test_sites_are_norm_outputs_stream_writes_and_consumer_inputs_never_the_shor
 @pytest.mark.parametrize("metric", ["agf", "taylor"])
 def test_utility_is_the_brute_force_sum_over_removal_sites(metric):
     batches = _batches()
-    stats = calibrate(_model(), batches, "cpu", batches=len(batches))
+    stats = collect_statistics(_model(), batches, "cpu", batches=len(batches))
     agf, taylor = _brute_force_site_utilities(_model(), batches)
     reference = agf if metric == "agf" else taylor
     scorer = get_metric(metric, stats)
@@ -144,7 +144,7 @@ def test_utility_is_the_brute_force_sum_over_removal_sites(metric):
 
 def test_agf_and_taylor_differ_where_positions_exist():
     """Reading Taylor statistics for AGF (or the reverse) changes the scores of conv groups."""
-    stats = calibrate(_model(), _batches(), "cpu", batches=3)
+    stats = collect_statistics(_model(), _batches(), "cpu", batches=3)
     group = _groups(_model())["conv1:out"]
     agf, taylor = get_metric("agf", stats)(group), get_metric("taylor", stats)(group)
     assert float((agf - taylor).abs().max()) > 1e-4 * float(agf.abs().max())

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from agfprune.core.calibration import calibrate
+from agfprune.core.calibration import collect_statistics
 from agfprune.core.errors import ModelError, UsageError
 from agfprune.core.metrics import get_metric
 from agfprune.core.models import create_model
@@ -39,7 +39,7 @@ def test_same_seed_gives_byte_identical_json(tmp_path):
     for run in range(2):
         model = _resnet()
         batches = [(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5)), torch.arange(4))]
-        stats = calibrate(model, batches, "cpu", batches=1)
+        stats = collect_statistics(model, batches, "cpu", batches=1)
         metrics = [get_metric(n, stats, seed=3) for n in ("agf", "random")]
         path = tmp_path / f"scores{run}.json"
         write_scores(path, score_model(model, metrics, torch.zeros(1, 3, 32, 32)))
@@ -77,7 +77,7 @@ def test_vit_attention_groups_are_rooted_at_projection_inputs():
     torch.manual_seed(0)
     model = create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                          num_classes=5)
-    stats = calibrate(model, [(torch.randn(3, 3, 16, 16), torch.arange(3))], "cpu", batches=1)
+    stats = collect_statistics(model, [(torch.randn(3, 3, 16, 16), torch.arange(3))], "cpu", batches=1)
     report = score_model(model, [get_metric("agf", stats), get_metric("bn-scale")], torch.zeros(1, 3, 16, 16))
     attention = next(g for g in report.metrics["agf"].groups if g.key == "blocks.0.attn.proj:in")
     assert attention.heads == 2 and attention.channels == 32

@@ -17,7 +17,8 @@ def compare_command(
     model: o.ModelOpt = None,
     checkpoint: o.CheckpointOpt = None,
     calib_data: Annotated[Optional[Path], typer.Option(
-        "--data", "-d", help="(required) Images for calibration, BN recalibration and finetuning (train/ split).")] = None,
+        "--data", "-d", help="(required) Images for statistics, BatchNorm re-estimation and finetuning "
+                            "(train/ split).")] = None,
     eval_data: Annotated[Optional[Path], typer.Option(
         "--eval-data", help="(required) Images to report accuracy on (val/ split).")] = None,
     metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated metric names.")] = DEFAULT_METRICS,

@@ -28,10 +28,10 @@ def prune_command(
         "--metric", help="Metric that scores channels (agf, taylor, magnitude-l1, magnitude-l2, bn-scale, wanda, "
                          "ria, snip, random) [default: agf with --data or --calib, magnitude-l2 without].")] = None,
     data: Annotated[Optional[Path], typer.Option(
-        "--data", "-d", help="Images to calibrate on and to recalibrate BatchNorm with (train split): ImageFolder "
-                             "root, .npz or synthetic:N.")] = None,
+        "--data", "-d", help="Images to collect statistics on and to re-estimate BatchNorm statistics with "
+                             "(train split): ImageFolder root, .npz or synthetic:N.")] = None,
     calib: Annotated[Optional[Path], typer.Option(
-        "--calib", help="Calibration file from `agfprune calibrate` (instead of calibrating here).")] = None,
+        "--calib", help="Calibration file from `agfprune calibrate` (instead of collecting statistics here).")] = None,
     scores: Annotated[Optional[Path], typer.Option(
         "--scores", help="scores.json from `agfprune score` (instead of a metric; single step only).")] = None,
     target: Annotated[str, typer.Option(
@@ -61,7 +61,8 @@ def prune_command(
         "--head-ratio", help="ViTs: fraction of each attention's heads to remove (default --ratio with "
                              "--prune-heads); implies --prune-heads.")] = None,
     steps: Annotated[int, typer.Option(
-        "--steps", help="Iterative pruning in K steps, re-scoring (and recalibrating) in between.")] = 1,
+        "--steps", help="Iterative pruning in K steps, re-scoring (statistics collected and BatchNorm "
+                        "re-estimated again) in between.")] = 1,
     bn_recalibrate: o.BnBatchesOpt = None,
     calib_batches: o.CalibBatchesOpt = o.DEFAULT_CALIB_BATCHES,
     calib_target: o.CalibLossOpt = "labels",
@@ -81,8 +82,8 @@ def prune_command(
     quiet: o.QuietOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
-    """Prune channels structurally (coupled channels go together), recalibrate BatchNorm, save a checkpoint
-    that `agfprune eval/info` and `agfprune.load()` rebuild without --model."""
+    """Prune channels structurally (coupled channels go together), re-estimate BatchNorm statistics, save a
+    checkpoint that `agfprune eval/info` and `agfprune.load()` rebuild without --model."""
     from agfprune.cli.common import data_overrides
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
     from agfprune.core.pruning import PruneOptions, PruneRequest, run_prune

@@ -1,4 +1,5 @@
-"""`agfprune route`: calibrate, evaluate and export a light-first, heavy-when-unsure cascade."""
+"""`agfprune route`: fit the threshold (`route calibrate`), evaluate and export a light-first,
+heavy-when-unsure cascade."""
 
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def calibrate_command(
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", help="Objective: use this signal threshold as is (heavy where signal < t).")] = None,
     split_half: Annotated[str, typer.Option(
-        "--split-half", help="Calibrate on the first or second seeded half of the val images, or none (all).")] = "first",
+        "--split-half", help="Fit the threshold on the first or second seeded half of the val images, "
+                             "or none (all).")] = "first",
     split_seed: SplitSeedOpt = 0,
     batch_size: o.BatchSizeOpt = o.DEFAULT_BATCH_SIZE,
     workers: o.WorkersOpt = 0,
@@ -97,7 +99,7 @@ def calibrate_command(
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
     from agfprune.core.data import LoaderOptions
     from agfprune.core.device import resolve_device, seed_everything
-    from agfprune.core.routing.calibrate import calibrate_router
+    from agfprune.core.routing.calibrate import fit_threshold
     from agfprune.core.routing.experts import ExpertSource
     from agfprune.core.routing.signals import check_signal
 
@@ -109,7 +111,7 @@ def calibrate_command(
     objective.validate()
     torch_device = resolve_device(device)
     seed_everything(seed)
-    result = calibrate_router(
+    result = fit_threshold(
         ExpertSource(light, light_model), ExpertSource(heavy, heavy_model), data, signal, objective, out,
         half=split_half, split_seed=split_seed or 0,
         options=LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed,
@@ -129,7 +131,7 @@ def eval_command(
     router: RouterOpt = None,
     data: o.DataOpt = None,
     split_half: Annotated[Optional[str], typer.Option(
-        "--split-half", help="first|second|none; default: the half the router was NOT calibrated on.")] = None,
+        "--split-half", help="first|second|none; default: the half the threshold was NOT fitted on.")] = None,
     split_seed: SplitSeedOpt = None,
     light: LightOverrideOpt = None,
     heavy: HeavyOverrideOpt = None,

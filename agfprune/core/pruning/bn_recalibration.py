@@ -1,4 +1,4 @@
-"""BatchNorm recalibration: re-estimate running statistics of a pruned network on calibration data.
+"""BatchNorm re-estimation: recompute the running statistics of a pruned network on calibration data.
 
 Removing channels changes what every later normalisation layer sees, so the stored running
 mean/variance no longer fit; without this step the accuracy of a pruned net says little.
@@ -21,8 +21,8 @@ def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable, device: torch.device, max_batches: int,
-                          progress: Progress = SILENT) -> int:
+def reestimate_batchnorm(model: nn.Module, batches: Iterable, device: torch.device, max_batches: int,
+                         progress: Progress = SILENT) -> int:
     """Reset BN running stats and re-estimate them as a cumulative average over `max_batches`
     batches (momentum=None), with only the BN layers in train mode; returns batches used."""
     layers = batchnorm_layers(model)
@@ -53,3 +53,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, device: torch.dev
         if not torch.isfinite(layer.running_var).all() or not torch.isfinite(layer.running_mean).all():
             raise NumericalError("BN recalibration produced NaN/Inf running statistics")
     return used
+
+
+# deprecated name ("recalibrate" also meant calibration statistics and router thresholds)
+recalibrate_batchnorm = reestimate_batchnorm

@@ -3,7 +3,7 @@
 One step = score every group on the current model (a ScoreTable), decide how many channels each
 group loses (per-layer ratio or global allocation), let the pruner remove the lowest-scored
 channels of every coupled group, and fix up what torch-pruning does not know about (timm
-attention attributes, frozen parameters). `steps > 1` re-scores (and recalibrates) in between.
+attention attributes, frozen parameters). `steps > 1` re-scores (and re-estimates BatchNorm statistics) in between.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Scorer(Protocol):
 
 class MetricScorer:
     """Scores with a torch-pruning Importance, made afresh for each step from the current model
-    (so that gradient/activation metrics can recalibrate on the pruned network)."""
+    (so that gradient/activation metrics can collect their statistics again on the pruned network)."""
 
     def __init__(self, name: str, make_importance: Callable[[nn.Module, int], tp.importance.Importance]) -> None:
         self.name = name
@@ -280,12 +280,12 @@ def _dense_cost(loaded: Any, size: tuple[int, ...], device: torch.device) -> Mod
 
 def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
                 input_size: tuple[int, ...] | None = None,
-                recalibrate: Callable[[nn.Module], int] | None = None,
+                reestimate_bn: Callable[[nn.Module], int] | None = None,
                 calibration: dict[str, Any] | None = None, seed: int | None = None,
                 progress: Progress = SILENT) -> PruneResult:
     """Prune a copy of `loaded.model` (a LoadedModel) as `options` ask; the input is left untouched.
 
-    `recalibrate(model) -> batches` re-estimates BN statistics; it runs between steps and after
+    `reestimate_bn(model) -> batches` re-estimates BN statistics; it runs between steps and after
     the last one. The classifier is never pruned.
     """
     options.validate()
@@ -317,8 +317,8 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
     batches_used = 0
     for step in range(1, options.steps + 1):
         if step > 1:
-            if recalibrate is not None:
-                recalibrate(model)
+            if reestimate_bn is not None:
+                reestimate_bn(model)
             progress.log(f"re-scoring with {scorer.name} (step {step}/{options.steps})")
             table = scorer(model, pruner, step)
             if options.cost_aware:
@@ -328,8 +328,8 @@ def prune_model(loaded: Any, scorer: Scorer, options: PruneOptions, *,
     _restore_frozen(model, frozen)
     sync_width_attributes(model, size)
     model.eval()
-    if recalibrate is not None:
-        batches_used = recalibrate(model)
+    if reestimate_bn is not None:
+        batches_used = reestimate_bn(model)
     pruned_cost = count_cost(model, size, device)
     with torch.no_grad():
         if not torch.isfinite(model(example)).all():

@@ -1,5 +1,5 @@
 """The `prune` command's engine: load, score (metric + calibration, calibration file, or scores
-file), prune, recalibrate BatchNorm, save a verified checkpoint, optionally evaluate."""
+file), prune, re-estimate BatchNorm statistics, save a verified checkpoint, optionally evaluate."""
 
 from __future__ import annotations
 
@@ -182,11 +182,11 @@ def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.devic
             if step == 1 and first_stats is not None:
                 stats = first_stats
             else:
-                from agfprune.core.calibration import calibrate
+                from agfprune.core.calibration import collect_statistics
 
                 progress.log(f"calibrating {name} on {request.calib_batches} batches (step {step})")
-                stats = calibrate(model, loader, device, batches=request.calib_batches,
-                                  target=request.calib_target, progress=progress)
+                stats = collect_statistics(model, loader, device, batches=request.calib_batches,
+                                           target=request.calib_target, progress=progress)
         return get_metric(name, stats=stats, seed=request.seed, normalizer=request.options.normalizer)
 
     return MetricScorer(name, make_importance), provenance
@@ -197,7 +197,7 @@ def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[Prune
     from agfprune.core.atomic import check_outputs
     from agfprune.core.device import resolve_device, seed_everything
     from agfprune.core.models import load_model
-    from agfprune.core.pruning.bn_recalibration import recalibrate_batchnorm
+    from agfprune.core.pruning.bn_recalibration import reestimate_batchnorm
     from agfprune.core.pruning.save import save_pruned
 
     request.validate()
@@ -221,18 +221,18 @@ def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[Prune
     notes: list[str] = []
     if loader is None:
         notes.append("no --data: BatchNorm statistics are not recalibrated after pruning (add --data to do so)")
-    recalibrate = None
+    reestimate_bn = None
     if loader is not None and bn_batches > 0:
-        def recalibrate(model: torch.nn.Module) -> int:
-            return recalibrate_batchnorm(model, loader, device, bn_batches, progress)
+        def reestimate_bn(model: torch.nn.Module) -> int:
+            return reestimate_batchnorm(model, loader, device, bn_batches, progress)
 
-    result = prune_model(loaded, scorer, request.options, recalibrate=recalibrate, calibration=provenance,
+    result = prune_model(loaded, scorer, request.options, reestimate_bn=reestimate_bn, calibration=provenance,
                          seed=request.seed, progress=progress)
     fingerprint = save_pruned(request.out, loaded, result)
     record = result.record
-    from agfprune.core.widths_report import describe_widths, summarise_widths, width_rows
+    from agfprune.core.widths_report import describe_widths, summarize_widths, width_rows
 
-    width_summary = summarise_widths(width_rows(loaded.model, result.model))
+    width_summary = summarize_widths(width_rows(loaded.model, result.model))
     achieved = achieved_channel_ratio(record)
     notes.extend(round_to_notes(request.options, record.channel_ratio, achieved))
     summary: dict[str, Any] = {

@@ -187,9 +187,9 @@ def _data_label(data: Any) -> str:
     return text if text.startswith("synthetic:") else str(Path(text).resolve())
 
 
-def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: Objective, out: Any, *,
-                     half: str = "first", split_seed: int = 0, options: Any = None,
-                     device: Any = "cpu", progress: Any = None, data_overrides: Any = None) -> CalibrationResult:
+def fit_threshold(light: Any, heavy: Any, data: Any, signal: str, objective: Objective, out: Any, *,
+                  half: str = "first", split_seed: int = 0, options: Any = None,
+                  device: Any = "cpu", progress: Any = None, data_overrides: Any = None) -> CalibrationResult:
     """Run both experts once over one half of the calibration data, choose the threshold that
     meets `objective`, and write router.yaml to `out`.
 
@@ -254,3 +254,7 @@ def calibrate_router(light: Any, heavy: Any, data: Any, signal: str, objective: 
         progress.log(f"warning: {warning}")
     write_router(out, spec)
     return CalibrationResult(spec, sweep, point, warnings)
+
+
+# deprecated name ("calibrate" also meant calibration statistics and BatchNorm statistics)
+calibrate_router = fit_threshold
