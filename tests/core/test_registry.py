@@ -40,5 +40,6 @@ def test_discovery_runs_once_before_the_first_read_and_sorting_and_chains() -> N
 
 def test_the_three_registries_use_it() -> None:
     assert METRICS.names()[0] == "agf" and FORMATS.names() == ["onnx", "torchscript", "safetensors"]
-    assert FORMATS["onnx"].suffix == ".onnx"
+    assert {name: entry.suffix for name, entry in FORMATS.items()} == {
+        "onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
     assert ALL_SIGNALS.names() == sorted(SIGNALS) + sorted(DYNAMIC_SIGNALS)

@@ -1,7 +1,7 @@
 """`agfprune demo`: the whole pipeline on synthetic data, with no files or network needed.
 
-The demo runs the very commands a user runs (in-process, with --json), so it exercises the real
-pipeline: train → eval → calibrate → score → prune → finetune (distilled) → route → export.
+Each step calls the core entry point its command uses (`agfprune.core.demo`): train → eval →
+calibrate → score → prune → finetune (distilled) → route → export.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ def demo_command(
 ) -> None:
     """Synthesise a learnable 10-class image set, train a compact ResNet on it, then calibrate, score,
     prune, finetune, route and export it; print a results table (a few minutes on 2 CPU cores)."""
-    from agfprune.cli.output import print_json, stdout, table
-    from agfprune.cli.pipeline import run_demo
+    from agfprune.cli.output import RichProgress, print_json, stdout, table
+    from agfprune.core.demo import DemoRequest, run_demo
 
-    steps = run_demo(out, model=model, train_images=train_images, val_images=val_images, epochs=epochs,
-                     ratio=ratio, finetune_epochs=finetune_epochs, device=device, seed=seed, quiet=quiet)
+    request = DemoRequest(out=out, model=model, train_images=train_images, val_images=val_images, epochs=epochs,
+                          ratio=ratio, finetune_epochs=finetune_epochs, device=device, seed=seed)
+    steps = run_demo(request, RichProgress(quiet))
     if json_output:
         print_json({"out": str(out), "steps": steps})
         return
