@@ -73,9 +73,9 @@ def _plain(model, batches, device) -> None:
 
 
 def _calibrate(model, batches, device, micro_batch=None) -> None:
-    from agfprune.core.calibration import calibrate
+    from agfprune.core.calibration import collect_statistics
 
-    calibrate(model, batches, device, batches=len(batches), micro_batch=micro_batch, amp=device.type == "cuda")
+    collect_statistics(model, batches, device, batches=len(batches), micro_batch=micro_batch, amp=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.synchronize()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from agfprune.core.calibration import (CalibrationStats, calibrate, check_matches, load_calibration,
+from agfprune.core.calibration import (CalibrationStats, check_matches, collect_statistics, load_calibration,
                                        save_calibration)
 from agfprune.core.errors import DataError, ModelError, NumericalError, UsageError
 
@@ -102,7 +102,7 @@ def _brute_force(model: nn.Module, batches):
 
 def test_hook_stats_equal_brute_force_autograd_float64():
     model, batches = _tiny_model(), _batches()
-    stats = calibrate(model, batches, "cpu", batches=len(batches))
+    stats = collect_statistics(model, batches, "cpu", batches=len(batches))
     agf, taylor, in_sq, grads = _brute_force(_tiny_model(), batches)
     worst = 0.0
     tapped = [name for name in CHANNEL_DIM if name in stats.out_abs]
@@ -136,7 +136,7 @@ def _group_norm_model() -> nn.Module:
 
 def test_outputs_modified_in_place_are_copied_and_equal_brute_force():
     model, batches = _group_norm_model(), _batches()
-    stats = calibrate(model, batches, "cpu", batches=len(batches))
+    stats = collect_statistics(model, batches, "cpu", batches=len(batches))
     agf, taylor, _, _ = _brute_force(_group_norm_model(), batches)
     assert sorted(stats.out_abs) == ["bn1", "bn2"]
     for name in ("bn1", "bn2"):
@@ -168,14 +168,14 @@ def test_batchnorm_outputs_are_not_held_until_backward():
 def test_model_is_left_unchanged_and_gradients_cleared():
     model, batches = _tiny_model(), _batches(1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    calibrate(model, batches, "cpu", batches=1)
+    collect_statistics(model, batches, "cpu", batches=1)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_save_load_roundtrip_and_fingerprint_check(tmp_path):
     model, batches = _tiny_model(), _batches(2)
-    stats = calibrate(model, batches, "cpu", batches=2, metadata={"model": "tiny", "seed": 3})
+    stats = collect_statistics(model, batches, "cpu", batches=2, metadata={"model": "tiny", "seed": 3})
     path = tmp_path / "calib.safetensors"
     save_calibration(path, stats)
     loaded = load_calibration(path)
@@ -203,29 +203,29 @@ def test_load_rejects_other_files(tmp_path):
 
 def test_zero_batches_and_bad_target_are_usage_errors():
     with pytest.raises(UsageError, match="--calib-batches 0"):
-        calibrate(_tiny_model(), _batches(1), "cpu", batches=0)
+        collect_statistics(_tiny_model(), _batches(1), "cpu", batches=0)
     with pytest.raises(UsageError, match="--calib-loss"):
-        calibrate(_tiny_model(), _batches(1), "cpu", batches=1, target="soft")
+        collect_statistics(_tiny_model(), _batches(1), "cpu", batches=1, target="soft")
 
 
 def test_too_few_batches_is_a_data_error():
     with pytest.raises(DataError, match="only 1 batch"):
-        calibrate(_tiny_model(), _batches(1), "cpu", batches=2)
+        collect_statistics(_tiny_model(), _batches(1), "cpu", batches=2)
 
 
 def test_nan_loss_names_the_batch():
     batches = _batches(3)
     batches[1][0][0, 0, 0, 0] = math.nan
     with pytest.raises(NumericalError, match="batch 2/3"):
-        calibrate(_tiny_model(), batches, "cpu", batches=3)
+        collect_statistics(_tiny_model(), batches, "cpu", batches=3)
 
 
 def test_self_target_needs_no_labels():
     batches = [(x, torch.full_like(y, 99)) for x, y in _batches(1)]  # labels out of range: ignored
-    stats = calibrate(_tiny_model(), batches, "cpu", batches=1, target="self")
+    stats = collect_statistics(_tiny_model(), batches, "cpu", batches=1, target="self")
     assert float(stats.agf("bn1").sum()) > 0
     with pytest.raises(DataError, match="label 99"):
-        calibrate(_tiny_model(), batches, "cpu", batches=1, target="labels")
+        collect_statistics(_tiny_model(), batches, "cpu", batches=1, target="labels")
 
 
 def test_frozen_shortcut_and_float32_accumulation():
@@ -234,7 +234,7 @@ def test_frozen_shortcut_and_float32_accumulation():
     torch.manual_seed(0)
     model = create_model("cifar_resnet20")
     batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
-    stats = calibrate(model, batches, "cpu", batches=1)
+    stats = collect_statistics(model, batches, "cpu", batches=1)
     assert "layer2.0.shortcut.weight" not in stats.grad  # frozen: requires_grad=False
     assert "layer2.0.bn1.weight" in stats.grad and "layer2.0.bn1.bias" in stats.grad
     assert "layer2.0.shortcut" not in stats.out_abs  # a frozen re-indexing is never a removal site
@@ -250,7 +250,7 @@ def test_vit_attention_projection_inputs_are_collected():
     model = create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                          num_classes=5)
     batches = [(torch.randn(3, 3, 16, 16), torch.randint(0, 5, (3,)))]
-    stats = calibrate(model, batches, "cpu", batches=1)
+    stats = collect_statistics(model, batches, "cpu", batches=1)
     assert stats.in_abs["blocks.0.attn.proj"].shape == (32,)   # heads: the proj input
     assert stats.in_abs["blocks.0.mlp.fc2"].shape == (128,)    # MLP neurons: the fc2 input
     assert stats.out_abs["blocks.0.attn.proj"].shape == (32,)  # stream writes
@@ -280,5 +280,5 @@ def test_calibration_autocasts_to_bf16_only(monkeypatch: pytest.MonkeyPatch) -> 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(4, 3))
     images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
-    calibrate(model, [(images, labels)], torch.device("cpu"), batches=1, amp=True)
+    collect_statistics(model, [(images, labels)], torch.device("cpu"), batches=1, amp=True)
     assert calls and all(call.get("fp16") is False for call in calls)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from agfprune.core.calibration import CalibrationStats, calibrate, load_calibration
+from agfprune.core.calibration import CalibrationStats, collect_statistics, load_calibration
 from agfprune.core.data import SeededBatches
 from agfprune.core.distributed import SINGLE, all_reduce_sum_tree
 from agfprune.core.errors import UsageError
@@ -68,8 +68,8 @@ def test_micro_batches_give_the_sums_of_whole_batches(build, target: str) -> Non
     torch.manual_seed(0)
     model = build().double()
     batches = _batches(3, 7)
-    whole = calibrate(model, batches, "cpu", batches=3, target=target)
-    chunked = calibrate(model, batches, "cpu", batches=3, target=target, micro_batch=3)  # 3 + 3 + 1 images
+    whole = collect_statistics(model, batches, "cpu", batches=3, target=target)
+    chunked = collect_statistics(model, batches, "cpu", batches=3, target=target, micro_batch=3)  # 3 + 3 + 1 images
     assert whole.in_abs or build is ResidualNet  # the ViT exercises the head-feature sums too
     assert_same_sums(chunked, whole, rtol=1e-10, atol=1e-14)
     assert chunked.metadata["micro_batch"] == 3 and chunked.metadata["batch_size"] == 7
@@ -77,7 +77,7 @@ def test_micro_batches_give_the_sums_of_whole_batches(build, target: str) -> Non
 
 def test_micro_batch_must_be_positive() -> None:
     with pytest.raises(UsageError, match="--micro-batch"):
-        calibrate(ResidualNet(), _batches(1, 2), "cpu", batches=1, micro_batch=0)
+        collect_statistics(ResidualNet(), _batches(1, 2), "cpu", batches=1, micro_batch=0)
 
 
 def test_seeded_batches_split_over_ranks_are_the_single_process_batches() -> None:
