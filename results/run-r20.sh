@@ -9,7 +9,7 @@ export PYTHONPATH=$PWD OMP_NUM_THREADS=1
 PY=${PY:-/work/main/.venv/bin/python}
 S=${S:-/work/shared}
 OUT=results/compare-r20
-COMMON="--checkpoint $S/models/resnet20-cifar10-jpeg.safetensors --calib-data $S/data/cifar10-jpeg/train
+COMMON="--checkpoint $S/models/resnet20-cifar10-jpeg.safetensors --data $S/data/cifar10-jpeg/train
         --eval-data $S/data/cifar10-jpeg/val --target params --finetune-epochs 1 --finetune-lr 0.05
         --baselines scratch --out $OUT --quiet"
 run() { echo "=== $(date -u +%H:%M:%S) $*"; nice -n 10 $PY -m agfprune compare $COMMON "$@" > /dev/null; echo "=== $(date -u +%H:%M:%S) exit $?"; }
