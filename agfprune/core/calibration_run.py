@@ -7,27 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agfprune.core.model_source import ModelSource
 from agfprune.core.progress import SILENT, Progress
 
 
 @dataclass
-class CalibrateRequest:
-    """Everything `agfprune calibrate` needs."""
+class CalibrateRequest(ModelSource):
+    """Everything `agfprune calibrate` needs (the model's fields: ModelSource)."""
 
     data: str
     out: Path
-    model: str | None = None
-    checkpoint: Path | None = None
-    pretrained: bool = False
     split: str = "train"
     batches: int = 16
     batch_size: int = 64
     target: str = "labels"
     micro_batch: int | None = None
     workers: int = 0
-    img_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     device: str = "auto"
     amp: bool = True  # as `calibrate --amp` (bf16 on CUDA only; see core.device.autocast_dtype)
     seed: int = 0
@@ -52,6 +47,7 @@ class CalibrateRequest:
             raise UsageError(f"--calib-batches {self.batches}: fewer than the {env_world_size()} processes; "
                              "give every process at least one batch")
         LoaderOptions(batch_size=self.batch_size, workers=self.workers).validate()
+        self.validate_source()
         resolve_device(self.device)
         check_outputs({"--out": self.out}, {"--checkpoint": self.checkpoint, "--data": self.data})
 
@@ -71,14 +67,12 @@ def run_calibration(request: CalibrateRequest, progress: Progress = SILENT) -> d
 
 def _run(request: CalibrateRequest, context: Any, device: Any, progress: Progress) -> dict[str, Any] | None:
     from agfprune.core.calibration import collect_statistics, save_calibration
-    from agfprune.core.data import (build_transform, calibration_loader, data_config_overrides, open_dataset,
-                                    skipped_images)
+    from agfprune.core.data import build_transform, calibration_loader, open_dataset, skipped_images
     from agfprune.core.device import seed_everything
-    from agfprune.core.models import load_model
 
     seed_everything(request.seed)
-    loaded = load_model(request.model, request.checkpoint, pretrained=request.pretrained, device=device)
-    data_config = data_config_overrides(loaded.data_config, request.img_size, request.mean, request.std)
+    loaded = request.load_source(device)
+    data_config = request.source_data_config(loaded.data_config)
     dataset = open_dataset(request.data, request.split, build_transform(data_config), request.skip_bad_images)
     loader = calibration_loader(dataset, batch_size=request.batch_size, batches=request.batches,
                                 seed=request.seed, workers=request.workers, rank=context.rank,

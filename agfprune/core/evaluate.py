@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from agfprune.core.device import autocast
 from agfprune.core.errors import DataError
+from agfprune.core.model_source import ModelSource
 from agfprune.core.progress import SILENT, Progress
 
 
@@ -190,20 +191,15 @@ RUNTIMES = ("pytorch", "onnxruntime")
 
 
 @dataclass
-class EvalRequest:
-    """Everything `agfprune eval` needs; validated once, before any model or data is loaded."""
+class EvalRequest(ModelSource):
+    """Everything `agfprune eval` needs (the model's fields: ModelSource); validated once, before any
+    model or data is loaded."""
 
     data: str | None
-    model: str | None = None
-    checkpoint: str | None = None
-    pretrained: bool = False
     compare_to: str | None = None
     batch_size: int = 128
     workers: int = 0
     limit: int | None = None
-    img_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     latency_repeats: int = 10
     threads: int = 0
     device: str = "auto"
@@ -229,6 +225,7 @@ class EvalRequest:
             require_onnxruntime()
         if is_onnx(self.checkpoint) and (self.model or self.pretrained):
             raise UsageError("an .onnx file carries its own graph: drop --model/--pretrained")
+        self.validate_source()
         return resolve_device(self.device)
 
 
@@ -245,7 +242,6 @@ class _Evaluated:
 
 def _load_for_eval(request: EvalRequest, model: str | None, checkpoint: str | None, pretrained: bool,
                    device: torch.device) -> _Evaluated:
-    from agfprune.core.data import data_config_overrides
     from agfprune.core.models import load_model
     from agfprune.core.onnx_model import is_onnx, load_onnx_model
 
@@ -258,7 +254,7 @@ def _load_for_eval(request: EvalRequest, model: str | None, checkpoint: str | No
     else:
         loaded = load_model(model, checkpoint, pretrained=pretrained, device=device)
         runtime, tensor_device, cost = "pytorch", device, None
-    config = data_config_overrides(loaded.data_config, request.img_size, request.mean, request.std)
+    config = request.source_data_config(loaded.data_config)
     return _Evaluated(loaded, runtime, tensor_device, config, cost=cost)
 
 

@@ -84,7 +84,6 @@ def prune_command(
 ) -> None:
     """Prune channels structurally (coupled channels go together), re-estimate BatchNorm statistics, save a
     checkpoint that `agfprune eval/info` and `agfprune.load()` rebuild without --model."""
-    from agfprune.cli.common import data_overrides
     from agfprune.cli.output import RichProgress, key_value_table, print_json, stdout
     from agfprune.core.pruning import PruneOptions, PruneRequest, run_prune
 
@@ -100,7 +99,7 @@ def prune_command(
                            calib_target=calib_target, bn_recalibrate=bn_recalibrate, batch_size=batch_size,
                            workers=workers, limit=limit, seed=seed, device=device, eval_data=eval_data,
                            eval_limit=eval_limit, skip_bad_images=skip_bad_images,
-                           data_overrides=data_overrides(img_size, mean, std))
+                           img_size=img_size, mean=o.parse_floats(mean, "--mean"), std=o.parse_floats(std, "--std"))
     _result, summary = run_prune(request, RichProgress(quiet or json_output))
     if json_output:
         print_json(summary)

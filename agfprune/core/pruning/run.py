@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from agfprune.core.errors import UsageError
+from agfprune.core.model_source import ModelSource
 from agfprune.core.progress import SILENT, Progress
 from agfprune.core.pruning.engine import MetricScorer, PruneResult, StoredScorer, prune_model
 from agfprune.core.pruning.options import PruneOptions
@@ -19,14 +20,11 @@ DEFAULT_METRIC_WITHOUT_DATA = "magnitude-l2"
 
 
 @dataclass
-class PruneRequest:
-    """Everything `agfprune prune` was asked for, before any loading."""
+class PruneRequest(ModelSource):
+    """Everything `agfprune prune` was asked for, before any loading (the model's fields: ModelSource)."""
 
     out: Path
     options: PruneOptions
-    model: str | None = None
-    checkpoint: Path | None = None
-    pretrained: bool = False
     metric: str | None = None
     data: Path | None = None
     calib: Path | None = None
@@ -43,12 +41,10 @@ class PruneRequest:
     eval_limit: int | None = None
     skip_bad_images: bool = False
     extra_metadata: dict[str, Any] = field(default_factory=dict)
-    data_overrides: Any = None  # DataOverrides from --img-size/--mean/--std
 
     def validate(self) -> None:
+        self.validate_source()  # first, as --img-size/--mean/--std were read before the other options
         self.options.validate()
-        if self.data_overrides is not None:
-            self.data_overrides.validate()
         if self.scores is not None and self.calib is not None:
             raise UsageError("give either --scores or --calib, not both")
         if self.calib_batches <= 0:
@@ -120,7 +116,7 @@ def _data_config(request: PruneRequest, loaded: Any, calib_stats: Any) -> dict[s
         for key in ("input_size", "mean", "std"):
             if isinstance(recorded.get(key), (list, tuple)):
                 config[key] = tuple(recorded[key])
-    return request.data_overrides.apply(config) if request.data_overrides else config
+    return request.source_data_config(config)
 
 
 def _calibration_loader(request: PruneRequest, loaded: Any, device: torch.device) -> Any:
@@ -196,7 +192,6 @@ def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[Prune
     """Prune as requested, write the checkpoint, and return the result and a JSON-ready summary."""
     from agfprune.core.atomic import check_outputs
     from agfprune.core.device import resolve_device, seed_everything
-    from agfprune.core.models import load_model
     from agfprune.core.pruning.bn_recalibration import reestimate_batchnorm
     from agfprune.core.pruning.save import save_pruned
 
@@ -207,7 +202,7 @@ def run_prune(request: PruneRequest, progress: Progress = SILENT) -> tuple[Prune
     request.check_data()
     device = resolve_device(request.device)
     seed_everything(request.seed)
-    loaded = load_model(request.model, request.checkpoint, pretrained=request.pretrained, device=device)
+    loaded = request.load_source(device)
     calib_stats = None
     if request.calib is not None:
         from agfprune.core.calibration import load_calibration
