@@ -23,15 +23,3 @@ def data_overrides(img_size: Optional[int], mean: Optional[str], std: Optional[s
     overrides = DataOverrides(img_size, parse_floats(mean, "--mean"), parse_floats(std, "--std"))
     overrides.validate()
     return overrides
-
-
-def loader_from_options(data: Path, split: str, data_config: dict[str, Any], *, batch_size: int,
-                        workers: int, limit: Optional[int], seed: int, device: Any,
-                        train: bool = False, shuffle: bool = False, skip_bad_images: bool = False) -> Any:
-    """A DataLoader over --data with the model's transforms."""
-    from agfprune.core.data import LoaderOptions, build_transform, make_loader, open_dataset
-
-    dataset = open_dataset(data, split, build_transform(data_config, train=train), skip_bad_images)
-    options = LoaderOptions(batch_size=batch_size, workers=workers, limit=limit, seed=seed,
-                            shuffle=shuffle, drop_last=train, skip_bad_images=skip_bad_images)
-    return make_loader(dataset, options, device)

@@ -329,6 +329,15 @@ class LoaderOptions:
             raise UsageError(f"--workers {self.workers}: must be ≥ 0")
 
 
+def build_loader(dataset: Dataset, *, workers: int = 0, device: torch.device | None = None,
+                 **arguments: Any) -> DataLoader:
+    """The one place a DataLoader is built (every loader in agfprune comes from here): `workers`
+    processes, memory pinned when the batches go to a CUDA device; `arguments` are DataLoader's own
+    (batch_size, shuffle, sampler or batch_sampler, drop_last, generator)."""
+    return DataLoader(dataset, num_workers=workers, pin_memory=bool(device is not None and device.type == "cuda"),
+                      persistent_workers=False, **arguments)
+
+
 def make_loader(dataset: Dataset, options: LoaderOptions, device: torch.device | None = None) -> DataLoader:
     """A DataLoader over a seeded subset; shuffling (if asked) is seeded too."""
     options.validate()
@@ -336,16 +345,9 @@ def make_loader(dataset: Dataset, options: LoaderOptions, device: torch.device |
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise DataError("the data set is empty")
     generator = torch.Generator().manual_seed(options.seed)
-    return DataLoader(
-        dataset,
-        batch_size=options.batch_size,
-        shuffle=options.shuffle,
-        num_workers=options.workers,
-        drop_last=options.drop_last and len(dataset) > options.batch_size,  # type: ignore[arg-type]
-        generator=generator,
-        pin_memory=bool(device is not None and device.type == "cuda"),
-        persistent_workers=False,
-    )
+    return build_loader(dataset, workers=options.workers, device=device, batch_size=options.batch_size,
+                        shuffle=options.shuffle, generator=generator,
+                        drop_last=options.drop_last and len(dataset) > options.batch_size)  # type: ignore[arg-type]
 
 
 class SeededBatches(Sampler[list[int]]):
@@ -375,8 +377,7 @@ def calibration_loader(dataset: Dataset, *, batch_size: int, batches: int, seed:
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise DataError("the data set is empty")
     sampler = SeededBatches(len(dataset), batch_size, batches, seed, rank, world_size)  # type: ignore[arg-type]
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                      pin_memory=bool(device is not None and device.type == "cuda"))
+    return build_loader(dataset, workers=workers, device=device, batch_sampler=sampler)
 
 
 def skipped_images(dataset: Dataset) -> list[str]:

@@ -27,12 +27,12 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from agfprune.core.atomic import atomic_path, check_outputs, write_text_atomic
 from agfprune.core.checkpoint import write_checkpoint
-from agfprune.core.data import build_transform, dataset_classes, open_dataset, subsample
+from agfprune.core.data import build_loader, build_transform, dataset_classes, open_dataset, subsample
 from agfprune.core.device import resolve_device, seed_everything
 from agfprune.core.distributed import (DistContext, all_reduce_sum, barrier, init_distributed,
                                        shard_indices, shutdown, unwrap, wrap_model)
@@ -400,8 +400,7 @@ def validate(model: torch.nn.Module, dataset: Dataset, context: DistContext, dev
     shard = Subset(dataset, shard_indices(len(dataset), context))  # type: ignore[arg-type]
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, count
     if len(shard):
-        loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            pin_memory=device.type == "cuda")
+        loader = build_loader(shard, workers=workers, device=device, batch_size=batch_size, shuffle=False)
         logits, labels = predict_logits(model, loader, device, amp, progress, "validate")
         shard_accuracy = accuracy_from_logits(logits, labels)
         count = shard_accuracy.samples
@@ -537,9 +536,8 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
         sampler.set_epoch(epoch)
         sampler.skip = skip_steps * config.batch_size
         generator.manual_seed(config.seed * 7919 + epoch)
-        loader = DataLoader(seeded_train, batch_size=config.batch_size, sampler=sampler,
-                            num_workers=config.workers, drop_last=drop_last, generator=generator,
-                            pin_memory=device.type == "cuda")
+        loader = build_loader(seeded_train, workers=config.workers, device=device, batch_size=config.batch_size,
+                              sampler=sampler, drop_last=drop_last, generator=generator)
         if skip_steps == 0:
             loss_sum, loss_count, epoch_seconds = 0.0, 0, 0.0
         started = time.perf_counter()

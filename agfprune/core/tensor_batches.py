@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 DEFAULT_MEMORY_FRACTION = 0.25  # of the memory available when decoding starts
 
@@ -64,7 +64,9 @@ class DecodedImages:
         self.in_memory = self.nbytes <= budget
 
     def _decode_all(self) -> None:
-        loader = DataLoader(self.dataset, batch_size=256, shuffle=False, num_workers=self.workers)
+        from agfprune.core.data import build_loader
+
+        loader = build_loader(self.dataset, workers=self.workers, batch_size=256, shuffle=False)
         images, labels = [], []
         for batch, targets in loader:
             images.append(batch)

@@ -92,3 +92,23 @@ def test_train_transform_keeps_small_images_whole(tiny_npz: Path) -> None:
     transform = build_transform(CIFAR_DATA_CONFIG, train=True)
     image, _ = open_dataset(tiny_npz, "train", transform)[0]
     assert image.shape == (3, 32, 32)
+
+
+def test_every_data_loader_is_built_in_one_place() -> None:
+    # one builder (data.build_loader) decides workers and pinned memory for every loader in agfprune
+    package = Path(__file__).resolve().parents[2] / "agfprune"
+    building = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                      if "DataLoader(" in path.read_text())
+    assert building == ["core/data.py"]
+
+
+def test_a_shuffled_loader_draws_a_seeded_permutation() -> None:
+    dataset = torch.utils.data.TensorDataset(torch.arange(64), torch.zeros(64, dtype=torch.long))
+
+    def order(seed: int, shuffle: bool = True) -> list[int]:
+        loader = make_loader(dataset, LoaderOptions(batch_size=8, seed=seed, shuffle=shuffle))
+        return [int(value) for batch, _ in loader for value in batch]
+
+    assert order(0, shuffle=False) == list(range(64))
+    assert sorted(order(0)) == list(range(64)) and order(0) != list(range(64))
+    assert order(0) == order(0) and order(0) != order(1)
