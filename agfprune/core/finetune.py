@@ -1,4 +1,5 @@
-"""Fine-tuning driver: epochs of `Trainer` steps, validation, best/last checkpoints, resumable state.
+"""Fine-tuning driver: epochs of `Trainer` steps, validation, best/last checkpoints, resumable state
+(its data: `finetune_data`; its state file: `finetune_state`).
 
 Outputs for `--out NAME.safetensors` (see docs/finetune.md):
   NAME.safetensors       best weights by validation top-1 (same checkpoint format as the input,
@@ -14,37 +15,32 @@ an epoch reproduces the rest of it without replaying the data or the global rand
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import random
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
-from torch.utils.data.distributed import DistributedSampler
 
-from agfprune.core.atomic import atomic_path, check_outputs, write_text_atomic
+from agfprune.core.atomic import check_outputs, write_text_atomic
 from agfprune.core.checkpoint import write_checkpoint
 from agfprune.core.data import build_loader, build_transform, dataset_classes, open_dataset, subsample
 from agfprune.core.device import resolve_device, seed_everything
 from agfprune.core.distributed import (DistContext, all_reduce_sum, barrier, init_distributed,
                                        shard_indices, shutdown, unwrap, wrap_model)
-from agfprune.core.errors import DataError, ModelError, UsageError, first_line
+from agfprune.core.errors import DataError, ModelError, UsageError
 from agfprune.core.evaluate import Accuracy, accuracy_from_logits, predict_logits
-from agfprune.core.formats import Fields, check_header, require_regular_file
+from agfprune.core.finetune_data import EpochSeededDataset, ResumableSampler
+from agfprune.core.finetune_state import (STATE_FORMAT, STATE_VERSION, load_state, restore_rng, restoring,
+                                         rng_state, write_state)
 from agfprune.core.models import LoadedModel, load_model
 from agfprune.core.progress import SILENT, Progress
 from agfprune.core.train import OPTIMIZERS, LossConfig, Trainer, build_optimizer, current_lr, warmup_cosine
 
-STATE_FORMAT = "agfprune-finetune-state"
-STATE_VERSION = 2  # 2: timm parameter groups and schedule (version-1 optimiser state does not fit)
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 # Metadata written by write_checkpoint itself, or describing how the *source* weights were trained.
@@ -127,62 +123,6 @@ class FinetuneResult:
         document = asdict(self)
         document["outputs"] = {k: str(v) for k, v in asdict(self.outputs).items()}
         return document
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: per-sample seeded augmentation and a sampler that can start mid-epoch
-
-
-class EpochSeededDataset(Dataset):
-    """Runs each sample's transform under its own seed (seed, epoch, index), leaving the global
-    Python/NumPy/torch random streams untouched, so augmentation does not depend on worker count,
-    on rank, or on where a resumed run restarted."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        sample_seed = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % (2**63)
-        with _isolated_rng(sample_seed):
-            return self.dataset[index]
-
-
-@contextlib.contextmanager
-def _isolated_rng(seed: int) -> Iterator[None]:
-    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        torch.set_rng_state(torch_state)
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (seeded permutation per epoch, one shard per rank) that can skip the
-    first `skip` samples of its shard — the batches a resumed run already trained on."""
-
-    def __init__(self, dataset: Dataset, context: DistContext, seed: int) -> None:
-        super().__init__(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True,
-                         seed=seed, drop_last=False)
-        self.skip = 0
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.skip:])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.skip)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,113 +222,6 @@ def _fingerprint(run_key: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Resumable state
-
-
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    version, internal, gauss = random.getstate()
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [version, list(internal), gauss],
-        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position), int(has_gauss),
-                  float(cached)],
-        "torch": torch.get_rng_state(),
-        "loader": generator.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["loader"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_state(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_state(path: Path, run_fingerprint: str, run_key: dict[str, Any]) -> dict[str, Any]:
-    """Read a state file (weights_only) and refuse it when it belongs to another run."""
-    if not path.exists():
-        raise UsageError(f"--resume: state file {path} not found (run without --resume to start)")
-    require_regular_file(path, "finetune state file")
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error says enough
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt or foreign files raise many types
-        raise ModelError(f"{path}: not a readable finetune state file ({first_line(exc, 160)})") from None
-    check_header(state, path, STATE_FORMAT, STATE_VERSION, version_key="version", what="finetune state file")
-    fields = Fields(state, path)
-    if fields.string("run_fingerprint") != run_fingerprint:
-        recorded = _json_field(fields, "run_key", dict)
-        differences = [f"{k} {recorded.get(k)!r} vs {v!r}" for k, v in run_key.items() if recorded.get(k) != v]
-        raise ModelError(f"{path}: resume state belongs to another run (recorded vs now: "
-                         f"{'; '.join(differences[:4]) or 'unknown'}); use the same checkpoint and options, "
-                         "or start fresh without --resume")
-    if state.get("version") != STATE_VERSION:
-        raise ModelError(f"{path}: finetune state version {state.get('version')} (this agfprune resumes version "
-                         f"{STATE_VERSION}); start fresh without --resume")
-    _check_state_fields(fields)
-    return state
-
-
-@contextlib.contextmanager
-def _restoring(path: Path, part: str) -> Iterator[None]:
-    """A saved part that torch (or random/numpy) refuses is a damaged state file, not a bug."""
-    try:
-        yield
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
-        raise ModelError(f"{path}: field '{part}' does not fit this run ({first_line(exc, 160)})") from None
-
-
-def _json_field(fields: Any, key: str, kind: type, allow_empty: bool = False) -> Any:
-    """A JSON document stored as a string field of the state (a list or mapping)."""
-    text = fields.string(key)
-    if allow_empty and text == "":
-        return None
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        value = None
-    if not isinstance(value, kind):
-        raise fields.fail(key, f"a JSON {'list' if kind is list else 'object'} in a string", text)
-    return value
-
-
-def _check_state_fields(fields: Any) -> None:
-    """Every field `_finetune` restores, with its type, so that a damaged state is one ModelError."""
-    for key in ("epoch", "step_in_epoch", "global_step", "best_epoch", "epoch_loss_count"):
-        fields.integer(key, minimum=0)
-    for key in ("epoch_loss_sum", "epoch_seconds"):
-        fields.number(key)
-    fields.number("best_top1", minimum=-1.0, maximum=100.0)
-    for key in ("model", "optimizer", "schedule", "scaler"):
-        fields.mapping(key)
-    if not all(isinstance(v, torch.Tensor) for v in fields.mapping("model").values()):
-        raise fields.fail("model", "a mapping of tensors", "non-tensor values")
-    rng = fields.section("rng")
-    for key in ("python", "numpy"):
-        rng.sequence(key)
-    for key in ("torch", "loader"):
-        if not isinstance(rng.document.get(key), torch.Tensor):
-            raise rng.fail(key, "a tensor", rng.document.get(key))
-    records = _json_field(fields, "records", list)
-    if not all(isinstance(record, dict) for record in records):
-        raise fields.fail("records", "a JSON list of objects", fields.document["records"])
-    _json_field(fields, "initial", dict, allow_empty=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # Validation (sharded over ranks, summed exactly)
 
 
@@ -472,7 +305,7 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
     best_top1, best_epoch = -1.0, 0
     loss_sum, loss_count, epoch_seconds = 0.0, 0, 0.0
     if state is not None:
-        with _restoring(outputs.state, "model"):
+        with restoring(outputs.state, "model"):
             model.load_state_dict(state["model"])
         start_epoch, start_step, global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
         records = json.loads(state["records"])
@@ -486,8 +319,8 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
                       teacher.model if teacher else None, amp=config.amp)
     if state is not None:
         for part, restore in (("optimizer", optimizer.load_state_dict), ("schedule", schedule.load_state_dict),
-                              ("scaler", trainer.scaler.load_state_dict), ("rng", lambda rng: _restore_rng(rng, generator))):
-            with _restoring(outputs.state, part):
+                              ("scaler", trainer.scaler.load_state_dict), ("rng", lambda rng: restore_rng(rng, generator))):
+            with restoring(outputs.state, part):
                 restore(state[part])
 
     def write_weights(path: Path, kind: str, epoch: int, accuracy: Accuracy) -> str:
@@ -503,13 +336,13 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
     def save_state(epoch: int, step_in_epoch: int) -> None:
         if not context.is_main:
             return
-        _save_state(outputs.state, {
+        write_state(outputs.state, {
             "format": STATE_FORMAT, "version": STATE_VERSION,
             "run_fingerprint": run_fingerprint, "run_key": json.dumps(run_key, sort_keys=True),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "scaler": trainer.scaler.state_dict(), "rng": _rng_state(generator),
+            "scaler": trainer.scaler.state_dict(), "rng": rng_state(generator),
             "best_top1": best_top1, "best_epoch": best_epoch,
             "initial": json.dumps(initial) if initial else "", "records": json.dumps(records),
             "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count, "epoch_seconds": epoch_seconds,

@@ -14,7 +14,7 @@ from agfprune.core.errors import UsageError
 from agfprune.core.metrics import get_metric
 from agfprune.core.models import load_model
 from agfprune.core.pruning import PruneOptions, StoredScorer, prune_model
-from agfprune.core.pruning.engine import build_pruner
+from agfprune.core.pruning.pruner import build_pruner
 from agfprune.core.pruning.groups import channel_cost, output_positions, pruner_groups
 from agfprune.core.scoring import score_model
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from agfprune.core.pruning import PruneOptions
-from agfprune.core.pruning.engine import build_pruner
+from agfprune.core.pruning.pruner import build_pruner
 from agfprune.core.pruning.groups import GroupInfo, ScoreTable, channel_cost, output_positions, pruner_groups
 
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 
+from agfprune.core.errors import UsageError
 from agfprune.core.pruning.groups import ScoreTable
+from agfprune.core.pruning.options import PruneOptions
 
 
 def global_capacity(table: ScoreTable, cap: float, exclude: set[str] | None = None) -> tuple[int, int]:
@@ -82,3 +85,34 @@ def local_allocation(table: ScoreTable, ratio: float, cap: float,
         wanted = units - int(units * (1.0 - ratio))
         removed[name] = max(0, min(wanted, units - 1, math.floor(units * cap + 1e-9)))
     return removed
+
+
+def layer_ratios(table: ScoreTable, removed: dict[str, int], model: nn.Module) -> dict[nn.Module, float]:
+    """{member layer: its group's final ratio}: `removed[name]` units of each group."""
+    ratios: dict[nn.Module, float] = {}
+    for name, count in removed.items():
+        info = table.groups[name]
+        ratio = ratio_for_count(count, info.units)
+        for member in info.members:
+            ratios[model.get_submodule(member)] = ratio
+    return ratios
+
+
+def allocate(table: ScoreTable, channel_ratio: float, options: PruneOptions) -> dict[str, int]:
+    """Units each group loses at `channel_ratio` as `options` ask (per layer or global, heads excluded
+    when --prune-heads removes them separately); UsageError when global caps cannot reach it."""
+    exclude = set()
+    if options.removes_heads:
+        exclude = {name for name, info in table.groups.items() if info.channel_groups > 1
+                   and any(m.endswith(".qkv") for m in info.members)}
+    if not options.global_pruning:
+        return local_allocation(table, channel_ratio, options.layer_cap, exclude)
+    if options.target == "channels":
+        removable, total = global_capacity(table, options.layer_cap, exclude)
+        if total - int(total * (1.0 - channel_ratio)) > removable:
+            raise UsageError(f"--ratio {channel_ratio} --global: at most {removable} of {total} channels "
+                             f"({100 * removable / max(1, total):.1f}%) can go while every layer keeps at least "
+                             f"{100 * (1 - options.layer_cap):.0f}% of its channels (--max-layer-ratio "
+                             f"{options.layer_cap}) and one channel")
+    cost = options.target if options.cost_aware else None
+    return global_allocation(table, channel_ratio, options.layer_cap, exclude, cost)

@@ -12,8 +12,9 @@ import torch
 from agfprune.core.errors import UsageError
 from agfprune.core.model_source import ModelSource
 from agfprune.core.progress import SILENT, Progress
-from agfprune.core.pruning.engine import MetricScorer, PruneResult, StoredScorer, prune_model
+from agfprune.core.pruning.engine import PruneResult, prune_model
 from agfprune.core.pruning.options import PruneOptions
+from agfprune.core.pruning.scorers import MetricScorer, StoredScorer
 
 DEFAULT_METRIC_WITH_DATA = "agf"  # with --data or --calib
 DEFAULT_METRIC_WITHOUT_DATA = "magnitude-l2"
