@@ -280,6 +280,17 @@ class DataOverrides:
         return any(v is not None for v in (self.img_size, self.mean, self.std))
 
 
+def calibrated_data_config(base: dict[str, Any], recorded: dict[str, Any] | None,
+                           overrides: DataOverrides | None) -> dict[str, Any]:
+    """The model's data config, then the input size and normalisation a calibration file records (its
+    statistics were computed on those inputs), then --img-size/--mean/--std: the last one given wins."""
+    config = dict(base)
+    for key in ("input_size", "mean", "std"):
+        if isinstance((recorded or {}).get(key), (list, tuple)):
+            config[key] = tuple(recorded[key])  # type: ignore[index]
+    return overrides.apply(config) if overrides else config
+
+
 def data_config_overrides(base: dict[str, Any], img_size: int | None = None,
                           mean: tuple[float, ...] | None = None,
                           std: tuple[float, ...] | None = None) -> dict[str, Any]:

@@ -303,7 +303,15 @@ class ScoreRequest:
     group_reduction: str | None = None  # None: each metric's default (sum for loss-unit metrics)
     normalizer: str | None = None       # None: each metric's default (none for loss-unit metrics)
     img_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     seed: int = 0
+
+    def data_overrides(self) -> Any:
+        """--img-size/--mean/--std as the DataOverrides every model-building command uses."""
+        from agfprune.core.data import DataOverrides
+
+        return DataOverrides(self.img_size, self.mean, self.std)
 
     def metric_list(self) -> list[str]:
         """'all', one name, or a comma-separated list -> registered names (UsageError lists valid ones)."""
@@ -327,8 +335,7 @@ class ScoreRequest:
             raise UsageError(f"--group-reduction {self.group_reduction!r}: expected one of {', '.join(GROUP_REDUCTIONS)}")
         if self.normalizer is not None and self.normalizer not in NORMALIZERS:
             raise UsageError(f"--normalizer {self.normalizer!r}: expected one of {', '.join(NORMALIZERS)}")
-        if self.img_size is not None and self.img_size <= 0:
-            raise UsageError(f"--img-size {self.img_size}: must be positive")
+        self.data_overrides().validate()
         if self.calib is None and self.model is None and self.checkpoint is None:
             raise UsageError("give --calib FILE, or --model/--checkpoint for metrics without calibration")
 
@@ -368,6 +375,7 @@ def _load_scored_model(request: ScoreRequest, stats: Any) -> Any:
 def run_scoring(request: ScoreRequest, out: str | Path | None = None) -> tuple[ScoreReport, dict[str, Any]]:
     """Load calibration and model, check they match, score every group, write scores.json (if `out`)."""
     from agfprune.core.calibration import check_matches, load_calibration
+    from agfprune.core.data import calibrated_data_config
     from agfprune.core.metrics import get_metric, metric_class
 
     request.validate()
@@ -381,14 +389,14 @@ def run_scoring(request: ScoreRequest, out: str | Path | None = None) -> tuple[S
     loaded = _load_scored_model(request, stats)
     if stats is not None:
         check_matches(stats, loaded)
-    size = list(loaded.data_config["input_size"])
-    if stats is not None and stats.metadata.get("input_size"):
-        size = list(stats.metadata["input_size"])
-    if request.img_size is not None:
-        size = [size[0], request.img_size, request.img_size]
+    # the same data config prune would use with this calibration file and these overrides
+    config = calibrated_data_config(loaded.data_config, stats.metadata if stats is not None else None,
+                                    request.data_overrides())
+    size = list(config["input_size"])
     metrics = [get_metric(n, stats, request.seed, request.group_reduction, request.normalizer) for n in names]
     info = {"arch": loaded.arch, "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
-            "timm_kwargs": loaded.timm_kwargs, "input_size": size}
+            "timm_kwargs": loaded.timm_kwargs, "input_size": size,
+            **{key: [float(v) for v in config[key]] for key in ("mean", "std") if key in config}}
     report = score_model(loaded.model, metrics, torch.zeros(1, *size), model_info=info,
                          calibration=calibration_provenance(stats) if stats is not None else None)
     if out is not None:

@@ -184,3 +184,57 @@ def test_prune_takes_the_data_config_of_the_calibration_file(cli, tmp_path: Path
     result = cli("info", out, "--json")
     config = json.loads(result.stdout)["data_config"]
     assert config["input_size"] == [3, 40, 40] and config["mean"] == [0.5, 0.5, 0.5] and config["std"] == [0.25] * 3
+
+
+def test_every_command_that_builds_a_model_takes_img_size_mean_std() -> None:
+    builders = {name for name, command in _commands().items()
+                if {"--model", "--checkpoint"} & set(_options(command)) or name in ("route calibrate", "route eval")}
+    assert builders >= {"prune", "finetune", "info", "route calibrate", "route eval", "compare", "score", "eval",
+                        "calibrate", "export"}
+    for name in builders - {"demo"}:  # the demo builds its own model for its own synthetic data
+        assert {"--img-size", "--mean", "--std"} <= set(_options(_commands()[name])), name
+
+
+def test_score_takes_the_data_config_of_the_calibration_file_and_the_overrides(cli, tmp_path: Path) -> None:
+    calib = tmp_path / "calib.safetensors"
+    result = cli("calibrate", "--model", "cifar_resnet20", "--data", "synthetic:16", "--calib-batches", "1",
+                 "--calib-batch-size", "8", "--img-size", "40", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+                 "--device", "cpu", "--quiet", "--out", calib)
+    assert result.exit_code == 0, result.stderr
+    scores = tmp_path / "s.json"
+    result = cli("score", "--calib", calib, "--metrics", "agf", "--out", scores, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    model = json.loads(scores.read_text())["model"]
+    assert (model["input_size"], model["mean"], model["std"]) == ([3, 40, 40], [0.5] * 3, [0.25] * 3)
+    result = cli("score", "--calib", calib, "--metrics", "agf", "--out", scores, "--quiet",
+                 "--img-size", "24", "--mean", "0.1,0.2,0.3", "--std", "1,2,3")
+    assert result.exit_code == 0, result.stderr
+    model = json.loads(scores.read_text())["model"]
+    assert (model["input_size"], model["mean"], model["std"]) == ([3, 24, 24], [0.1, 0.2, 0.3], [1.0, 2.0, 3.0])
+    wrong = cli("score", "--model", "cifar_resnet20", "--metrics", "magnitude-l1", "--json", "--mean", "0.5,0.5")
+    assert_one_line_error(wrong, 2)
+    assert "--mean: expected 3 values, got 2" in wrong.stderr
+
+
+def test_score_checks_std_before_loading(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agfprune.core.models.factory as factory
+
+    def never(*_a, **_k):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(factory, "create_model", never)
+    result = cli("score", "--model", "resnet50", "--metrics", "magnitude-l1", "--json", "--std", "0,1,1")
+    assert_one_line_error(result, 2)
+    assert "--std values must be positive" in result.stderr
+
+
+def test_export_records_mean_and_std(cli, tmp_path: Path) -> None:
+    from tests.conftest import random_checkpoint
+
+    checkpoint = random_checkpoint(tmp_path / "m.safetensors", seed=0, input_size=(3, 16, 16))
+    out = tmp_path / "e.safetensors"
+    result = cli("export", checkpoint, "--format", "safetensors", "--out", out, "--mean", "0.1,0.2,0.3",
+                 "--std", "0.4,0.5,0.6", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    config = json.loads(cli("info", out, "--json").stdout)["data_config"]
+    assert config["mean"] == [0.1, 0.2, 0.3] and config["std"] == [0.4, 0.5, 0.6] and config["input_size"] == [3, 16, 16]

@@ -24,6 +24,8 @@ def export_command(
     torchscript_mode: Annotated[str, typer.Option(
         "--torchscript-mode", help="trace (works for most models) or script (keeps control flow).")] = "trace",
     img_size: o.ImgSizeOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
@@ -39,7 +41,7 @@ def export_command(
     o.require(out, "--out")
     check_export_request(export_format.lower(), out, source=checkpoint_path, batch_size=batch_size, opset=opset,
                          torchscript_mode=torchscript_mode.lower())
-    overrides = data_overrides(img_size, None, None)
+    overrides = data_overrides(img_size, mean, std)  # recorded in the export's metadata
     loaded = load_model_from_options(model, checkpoint_path, False, "cpu")
     loaded.data_config = overrides.apply(loaded.data_config)
     report = export_model(loaded, export_format.lower(), out, batch_size=batch_size, opset=opset,

@@ -29,6 +29,8 @@ def score_command(
         show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output scores file (.json).")] = None,
     img_size: o.ImgSizeOpt = None,
+    mean: o.MeanOpt = None,
+    std: o.StdOpt = None,
     seed: o.SeedOpt = 0,
     json_output: o.JsonOpt = False,
     quiet: o.QuietOpt = False,
@@ -41,7 +43,8 @@ def score_command(
     from agfprune.core.scoring import ScoreRequest, run_scoring
 
     request = ScoreRequest(calib=calib, metric=metric, model=model, checkpoint=o.checkpoint_of(checkpoint_arg, checkpoint), pretrained=pretrained,
-                           group_reduction=group_reduction, normalizer=normalizer, img_size=img_size, seed=seed)
+                           group_reduction=group_reduction, normalizer=normalizer, img_size=img_size,
+                           mean=o.parse_floats(mean, "--mean"), std=o.parse_floats(std, "--std"), seed=seed)
     request.validate()
     if out is not None:
         check_outputs({"--out": out}, {"--calib": calib, "--checkpoint": checkpoint, "--config": config})

@@ -109,15 +109,11 @@ class PruneRequest(ModelSource):
 
 
 def _data_config(request: PruneRequest, loaded: Any, calib_stats: Any) -> dict[str, Any]:
-    """The model's data config, then the calibration file's (the statistics were computed on those
-    inputs), then --img-size/--mean/--std: the last one given wins."""
-    config = dict(loaded.data_config)
-    if calib_stats is not None:
-        recorded = calib_stats.metadata
-        for key in ("input_size", "mean", "std"):
-            if isinstance(recorded.get(key), (list, tuple)):
-                config[key] = tuple(recorded[key])
-    return request.source_data_config(config)
+    """The model's data config, then the calibration file's, then --img-size/--mean/--std."""
+    from agfprune.core.data import calibrated_data_config
+
+    return calibrated_data_config(loaded.data_config, calib_stats.metadata if calib_stats is not None else None,
+                                  request.data_overrides)
 
 
 def _calibration_loader(request: PruneRequest, loaded: Any, device: torch.device) -> Any:
