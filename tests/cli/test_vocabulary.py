@@ -130,13 +130,18 @@ def test_checkpoint_positional_and_option_conflict(cli, tmp_path: Path) -> None:
     assert "two checkpoints" in result.stderr
 
 
-def test_prune_checks_data_before_loading(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _forbid_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any model creation fails the test: the checks under test must run before loading."""
     import agfprune.core.models.factory as factory
 
     def never(*_a, **_k):
         raise AssertionError("the model was loaded before the options were checked")
 
     monkeypatch.setattr(factory, "create_model", never)
+
+
+def test_prune_checks_data_before_loading(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _forbid_loading(monkeypatch)
     result = cli("prune", "--model", "resnet50", "--data", "synthetic:64", "--ratio", "0.5",
                  "--out", tmp_path / "p.safetensors")
     assert_one_line_error(result, 3)
@@ -217,12 +222,7 @@ def test_score_takes_the_data_config_of_the_calibration_file_and_the_overrides(c
 
 
 def test_score_checks_std_before_loading(cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    import agfprune.core.models.factory as factory
-
-    def never(*_a, **_k):
-        raise AssertionError("the model was loaded before the options were checked")
-
-    monkeypatch.setattr(factory, "create_model", never)
+    _forbid_loading(monkeypatch)
     result = cli("score", "--model", "resnet50", "--metrics", "magnitude-l1", "--json", "--std", "0,1,1")
     assert_one_line_error(result, 2)
     assert "--std values must be positive" in result.stderr
