@@ -171,8 +171,11 @@ def _provenance(model: nn.Module) -> Provenance:
     found = getattr(model, PROVENANCE_ATTR, None)
     if isinstance(found, Provenance):
         return found
+    from agfprune.core.models.factory import resolve_model_data_config
+
     arch, kwargs = _timm_identity(model)
-    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
+    # timm's data config, but with the size a ViT was built for (its pretrained_cfg still says 224)
+    size = resolve_model_data_config(model)["input_size"]
     return Provenance(base=_meta_copy(model), arch=arch, timm_kwargs=kwargs,
                       data_config=_data_config_for(model, tuple(size)), extra={"model_class": _model_class(model)})
 

@@ -121,3 +121,22 @@ def test_api_checkpoint_feeds_the_cli(tmp_path: Path, cli) -> None:
     result = cli("info", path, "--json")
     assert result.exit_code == 0, result.stderr
     assert '"num_classes": 5' in result.stdout
+
+
+def test_a_saved_vit_built_at_its_own_size_feeds_the_cli(tmp_path: Path, cli) -> None:
+    """A timm user builds a ViT at 32 px, saves it dense and prunes it with the CLI: the checkpoint
+    records the size it was built for (its pretrained_cfg still says 224)."""
+    import json
+
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10).eval()
+    dense = tmp_path / "vit.safetensors"
+    agfprune.save(vit, dense)
+    info = json.loads(cli("info", dense, "--json").stdout)
+    assert info["data_config"]["input_size"] == [3, 32, 32]
+    out = tmp_path / "pruned.safetensors"
+    result = cli("prune", dense, "--prune-heads", "--ratio", "0.5", "--out", out, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [block.attn.num_heads for block in agfprune.load(out).blocks] == [1] * 12  # 3 heads, round(1.5) = 2 go
