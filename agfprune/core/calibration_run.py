@@ -73,6 +73,7 @@ def _run(request: CalibrateRequest, context: Any, device: Any, progress: Progres
     seed_everything(request.seed)
     loaded = request.load_source(device)
     data_config = request.source_data_config(loaded.data_config)
+    loaded.check_input_size(data_config)
     dataset = open_dataset(request.data, request.split, build_transform(data_config), request.skip_bad_images)
     loader = calibration_loader(dataset, batch_size=request.batch_size, batches=request.batches,
                                 seed=request.seed, workers=request.workers, rank=context.rank,

@@ -255,6 +255,8 @@ def _load_for_eval(request: EvalRequest, model: str | None, checkpoint: str | No
         loaded = load_model(model, checkpoint, pretrained=pretrained, device=device)
         runtime, tensor_device, cost = "pytorch", device, None
     config = request.source_data_config(loaded.data_config)
+    if runtime == "pytorch":
+        loaded.check_input_size(config)  # type: ignore[attr-defined]
     return _Evaluated(loaded, runtime, tensor_device, config, cost=cost)
 
 

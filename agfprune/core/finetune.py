@@ -167,6 +167,7 @@ def _load_teacher(spec: str, student: LoadedModel, device: torch.device, progres
                          f"fine-tuned predicts {student.num_classes}; distillation needs the same classes")
     if overrides:  # --img-size/--mean/--std describe the images, which both models see
         teacher.data_config = overrides.apply(teacher.data_config)
+        teacher.check_input_size(teacher.data_config)
     if tuple(teacher.input_size) != tuple(student.input_size):
         raise ModelError(f"--teacher {spec}: expects input {tuple(teacher.input_size)}, the student "
                          f"{tuple(student.input_size)}; both must see the same images")
@@ -277,6 +278,7 @@ def _finetune(config: FinetuneConfig, outputs: FinetuneOutputs, context: DistCon
     loaded = load_model(config.model, config.checkpoint, device=device)
     if config.data_overrides:
         loaded.data_config = config.data_overrides.apply(loaded.data_config)
+        loaded.check_input_size(loaded.data_config)
     teacher = (_load_teacher(config.teacher, loaded, device, progress, config.data_overrides)
                if config.teacher else None)
     train_set, val_set = _open_data(config, loaded.data_config, loaded.num_classes)

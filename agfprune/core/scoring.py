@@ -392,6 +392,7 @@ def run_scoring(request: ScoreRequest, out: str | Path | None = None) -> tuple[S
     # the same data config prune would use with this calibration file and these overrides
     config = calibrated_data_config(loaded.data_config, stats.metadata if stats is not None else None,
                                     request.data_overrides())
+    loaded.check_input_size(config)
     size = list(config["input_size"])
     metrics = [get_metric(n, stats, request.seed, request.group_reduction, request.normalizer) for n in names]
     info = {"arch": loaded.arch, "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,

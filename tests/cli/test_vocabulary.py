@@ -238,3 +238,35 @@ def test_export_records_mean_and_std(cli, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     config = json.loads(cli("info", out, "--json").stdout)["data_config"]
     assert config["mean"] == [0.1, 0.2, 0.3] and config["std"] == [0.4, 0.5, 0.6] and config["input_size"] == [3, 16, 16]
+
+
+@pytest.fixture(scope="module")
+def vit32(tmp_path_factory) -> Path:
+    """A random timm ViT built for 32 px inputs, saved dense."""
+    import timm
+    import torch
+
+    import agfprune
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vit") / "vit32.safetensors"
+    agfprune.save(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10).eval(), path)
+    return path
+
+
+@pytest.mark.parametrize("command", [
+    ["info"], ["eval", "--data", "synthetic:8", "--latency-repeats", "0", "--device", "cpu"],
+    ["calibrate", "--data", "synthetic:8", "--calib-batches", "1", "--calib-batch-size", "8", "--device", "cpu",
+     "--out", "{tmp}/c.safetensors"],
+    ["score", "--metrics", "magnitude-l1", "--json"],
+    ["prune", "--ratio", "0.5", "--device", "cpu", "--out", "{tmp}/p.safetensors"],
+    ["export", "--format", "safetensors", "--out", "{tmp}/e.safetensors"],
+    ["finetune", "--data", "synthetic:8", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+     "--out", "{tmp}/f.safetensors"],
+])
+def test_img_size_a_vit_cannot_take_is_refused_in_one_line(cli, vit32: Path, tmp_path: Path, command: list[str]) -> None:
+    args = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    result = cli(args[0], vit32, *args[1:], "--img-size", "16")
+    assert_one_line_error(result, 2)
+    assert "input size 16×16" in result.stderr and "takes 32×32 only" in result.stderr
+    assert list(tmp_path.iterdir()) == []

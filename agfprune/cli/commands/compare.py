@@ -107,6 +107,7 @@ def compare_command(
     loaded = load_model_from_options(model, o.checkpoint_of(checkpoint_arg, checkpoint), False, torch_device)
     if overrides:
         loaded.data_config = overrides.apply(loaded.data_config)
+        loaded.check_input_size(loaded.data_config)
     results = run_compare(loaded, compare_config, torch_device, RichProgress(quiet or rank != 0))
     if results is None:  # another rank than 0: rank 0 prints the results
         return

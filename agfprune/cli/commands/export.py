@@ -44,6 +44,7 @@ def export_command(
     overrides = data_overrides(img_size, mean, std)  # recorded in the export's metadata
     loaded = load_model_from_options(model, checkpoint_path, False, "cpu")
     loaded.data_config = overrides.apply(loaded.data_config)
+    loaded.check_input_size(loaded.data_config)
     report = export_model(loaded, export_format.lower(), out, batch_size=batch_size, opset=opset,
                           torchscript_mode=torchscript_mode.lower(), seed=seed, progress=RichProgress(quiet))
     document = report.as_dict()

@@ -36,6 +36,7 @@ def info_command(
     loaded = load_model_from_options(model, o.checkpoint_of(checkpoint_arg, checkpoint), pretrained, "cpu")
     if overrides:
         loaded.data_config = overrides.apply(loaded.data_config)
+        loaded.check_input_size(loaded.data_config)
     summary = describe_model(loaded)
     if plot is not None:
         from agfprune.core.errors import UsageError

@@ -40,6 +40,28 @@ class LoadedModel:
     def input_size(self) -> tuple[int, int, int]:
         return tuple(int(v) for v in self.data_config["input_size"])  # type: ignore[return-value]
 
+    def check_input_size(self, config: dict[str, Any]) -> None:
+        """UsageError when `config`'s input size is one this model cannot take: a timm ViT (or kin)
+        built for a fixed size, whose position embeddings fit that size only."""
+        fixed = fixed_input_size(self.model)
+        height, width = (int(v) for v in config["input_size"][1:])
+        if fixed is not None and (height, width) != fixed:
+            raise UsageError(
+                f"input size {height}×{width} (--img-size or the calibration file): {self.checkpoint or self.arch} "
+                f"takes {fixed[0]}×{fixed[1]} only (fixed position embeddings); give --img-size {fixed[0]} or "
+                f"build the model at {height} px (timm.create_model(..., img_size={height}), then agfprune.save)")
+
+
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """(H, W) that a model accepts exclusively (timm patch embeddings with a strict size and no
+    dynamic_img_size), or None when any size works."""
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is None or not getattr(patch_embed, "strict_img_size", False):
+        return None
+    if getattr(model, "dynamic_img_size", False):
+        return None
+    return _built_input_size(model)
+
 
 def _suggest(arch: str) -> str:
     import timm

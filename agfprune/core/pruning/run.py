@@ -112,8 +112,10 @@ def _data_config(request: PruneRequest, loaded: Any, calib_stats: Any) -> dict[s
     """The model's data config, then the calibration file's, then --img-size/--mean/--std."""
     from agfprune.core.data import calibrated_data_config
 
-    return calibrated_data_config(loaded.data_config, calib_stats.metadata if calib_stats is not None else None,
-                                  request.data_overrides)
+    config = calibrated_data_config(loaded.data_config, calib_stats.metadata if calib_stats is not None else None,
+                                    request.data_overrides)
+    loaded.check_input_size(config)
+    return config
 
 
 def _calibration_loader(request: PruneRequest, loaded: Any, device: torch.device) -> Any:

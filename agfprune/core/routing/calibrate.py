@@ -213,6 +213,8 @@ def fit_threshold(light: Any, heavy: Any, data: Any, signal: str, objective: Obj
     device = torch.device(device)
     pair = load_experts(light, heavy, device)
     data_config = data_overrides.apply(pair.data_config) if data_overrides else pair.data_config
+    pair.light.check_input_size(data_config)
+    pair.heavy.check_input_size(data_config)
     loader = routing_loader(data, half, split_seed, data_config, options, device)
     progress.log(f"calibrating on {len(loader.dataset)} images ({half} half of {data}, split seed {split_seed})")
     logits = collect_logits(pair, loader, device, progress, dynamic=(signal,) if is_dynamic(signal) else ())

@@ -235,6 +235,8 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
     split_seed = int(calibration.get("split_seed", 0)) if split_seed is None else split_seed
     pair = load_router_experts(spec, router_path, device, light, heavy)
     data_config = data_overrides.apply(pair.data_config) if data_overrides else pair.data_config
+    pair.light.check_input_size(data_config)
+    pair.heavy.check_input_size(data_config)
     loader = routing_loader(data, half, split_seed, data_config, options, device)
     data_label = _data_label(data)
     held_out = _held_out(calibration, data_label, half, split_seed)
