@@ -175,12 +175,19 @@ def test_finetune_validates_on_the_subset_eval_takes(tmp_path: Path) -> None:
     assert list(val.indices) == list(evaluated.indices)
 
 
-def test_prune_takes_the_data_config_of_the_calibration_file(cli, tmp_path: Path) -> None:
-    calib = tmp_path / "calib.safetensors"
-    result = cli("calibrate", "--model", "cifar_resnet20", "--data", "synthetic:16", "--calib-batches", "1",
-                 "--calib-batch-size", "8", "--img-size", "40", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
-                 "--device", "cpu", "--quiet", "--out", calib)
-    assert result.exit_code == 0, result.stderr
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> Path:
+    """A calibration file made at 40 px with mean 0.5 and std 0.25 (not cifar_resnet20's own config)."""
+    from agfprune.cli.app import run
+
+    path = tmp_path_factory.mktemp("calib") / "calib.safetensors"
+    assert run(["calibrate", "--model", "cifar_resnet20", "--data", "synthetic:16", "--calib-batches", "1",
+                "--calib-batch-size", "8", "--img-size", "40", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+                "--device", "cpu", "--quiet", "--out", str(path)]) == 0
+    return path
+
+
+def test_prune_takes_the_data_config_of_the_calibration_file(cli, calib: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.safetensors"
     result = cli("prune", "--model", "cifar_resnet20", "--calib", calib, "--ratio", "0.5", "--out", out,
                  "--device", "cpu", "--json", "--quiet")
@@ -200,12 +207,8 @@ def test_every_command_that_builds_a_model_takes_img_size_mean_std() -> None:
         assert {"--img-size", "--mean", "--std"} <= set(_options(_commands()[name])), name
 
 
-def test_score_takes_the_data_config_of_the_calibration_file_and_the_overrides(cli, tmp_path: Path) -> None:
-    calib = tmp_path / "calib.safetensors"
-    result = cli("calibrate", "--model", "cifar_resnet20", "--data", "synthetic:16", "--calib-batches", "1",
-                 "--calib-batch-size", "8", "--img-size", "40", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
-                 "--device", "cpu", "--quiet", "--out", calib)
-    assert result.exit_code == 0, result.stderr
+def test_score_takes_the_data_config_of_the_calibration_file_and_the_overrides(cli, calib: Path,
+                                                                              tmp_path: Path) -> None:
     scores = tmp_path / "s.json"
     result = cli("score", "--calib", calib, "--metrics", "agf", "--out", scores, "--quiet")
     assert result.exit_code == 0, result.stderr
