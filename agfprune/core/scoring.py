@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from agfprune.core.version import __version__
 from agfprune.core.atomic import write_text_atomic
+from agfprune.core.model_source import ModelSource
 from agfprune.core.errors import ModelError, UsageError, first_line
 from agfprune.core.metrics.base import Metric
 from agfprune.core.pruning.groups import (ROOT_MODULE_TYPES, attention_heads, build_graph, classifier_modules,
@@ -292,26 +293,14 @@ _PROVENANCE_KEYS = ("model", "checkpoint", "pretrained", "fingerprint", "data", 
 
 
 @dataclass
-class ScoreRequest:
-    """What `agfprune score` was asked for, before any loading."""
+class ScoreRequest(ModelSource):
+    """What `agfprune score` was asked for, before any loading (the model's fields: ModelSource)."""
 
     calib: Path | None = None
     metric: str = "agf"
-    model: str | None = None
-    checkpoint: Path | None = None
-    pretrained: bool = False
     group_reduction: str | None = None  # None: each metric's default (sum for loss-unit metrics)
     normalizer: str | None = None       # None: each metric's default (none for loss-unit metrics)
-    img_size: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
     seed: int = 0
-
-    def data_overrides(self) -> Any:
-        """--img-size/--mean/--std as the DataOverrides every model-building command uses."""
-        from agfprune.core.data import DataOverrides
-
-        return DataOverrides(self.img_size, self.mean, self.std)
 
     def metric_list(self) -> list[str]:
         """'all', one name, or a comma-separated list -> registered names (UsageError lists valid ones)."""
@@ -335,7 +324,7 @@ class ScoreRequest:
             raise UsageError(f"--group-reduction {self.group_reduction!r}: expected one of {', '.join(GROUP_REDUCTIONS)}")
         if self.normalizer is not None and self.normalizer not in NORMALIZERS:
             raise UsageError(f"--normalizer {self.normalizer!r}: expected one of {', '.join(NORMALIZERS)}")
-        self.data_overrides().validate()
+        self.validate_source()
         if self.calib is None and self.model is None and self.checkpoint is None:
             raise UsageError("give --calib FILE, or --model/--checkpoint for metrics without calibration")
 
@@ -359,7 +348,7 @@ def _load_scored_model(request: ScoreRequest, stats: Any) -> Any:
     # same seed as calibration, so that random-weight timm models are rebuilt bit for bit
     seed_everything(int(meta.get("seed", request.seed)))
     if request.model or request.checkpoint:
-        return load_model(request.model, request.checkpoint, pretrained=request.pretrained, device="cpu")
+        return request.load_source("cpu")
     if not meta.get("model"):
         raise UsageError("the calibration file records no model; pass --model/--checkpoint")
     checkpoint = meta.get("checkpoint")
@@ -391,7 +380,7 @@ def run_scoring(request: ScoreRequest, out: str | Path | None = None) -> tuple[S
         check_matches(stats, loaded)
     # the same data config prune would use with this calibration file and these overrides
     config = calibrated_data_config(loaded.data_config, stats.metadata if stats is not None else None,
-                                    request.data_overrides())
+                                    request.data_overrides)
     loaded.check_input_size(config)
     size = list(config["input_size"])
     metrics = [get_metric(n, stats, request.seed, request.group_reduction, request.normalizer) for n in names]
