@@ -58,6 +58,10 @@ def test_eval_reports_held_out_half_plot_and_sweep(cli, experts, tmp_path):
     assert macs["mixture"] == pytest.approx(f * macs["heavy"] + (1 - f) * macs["light"])
     assert latency["cascade_matches_router"] == pytest.approx(1.0)
     assert latency["cascade_ms_measured"] > 0 and latency["heavy_ms"] > 0
+    for name in ("light", "heavy", "cascade"):
+        assert latency[f"{name}_ms_min"] <= latency[f"{name}_ms_max"]
+        assert latency[f"{name}_ms_per_image"] * latency["batch_size"] == pytest.approx(
+            latency["cascade_ms_measured" if name == "cascade" else f"{name}_ms"])
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert sweep["points"][0]["heavy_calls"] == 0 and sweep["points"][-1]["heavy_calls"] == 32
@@ -71,6 +75,7 @@ def test_eval_human_output(cli, experts, tmp_path):
                  "--quiet")
     assert result.exit_code == 0, result.stderr
     assert "C_light + f·C_heavy" in result.stdout and "Pareto" in result.stdout
+    assert "measured latency" not in result.stdout  # --latency-batches 0: nothing timed, nothing claimed
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,23 @@ def test_split_halves_are_disjoint_complete_and_deterministic():
     assert split_half(dataset, "none", 3) is dataset
     with pytest.raises(UsageError, match="first, second, none"):
         split_half(dataset, "third", 0)
+
+
+def test_measure_cascade_reports_median_spread_and_per_image(monkeypatch):
+    """Per-batch medians, min/max over repeats and ms/image, from a scripted timer (after warm-up)."""
+    import agfprune.core.routing.report as report
+
+    class Runners:
+        def score(self, batch): return "light"
+        def heavy(self, batch): return "heavy"
+        def __call__(self, batch): return "cascade"
+
+    # per repeat, ms per pass: light 10/30/20, heavy 40/60/50, cascade 25/45/35; warm-up passes are 999
+    script = {"light": [999, 10, 30, 20], "heavy": [999, 40, 60, 50], "cascade": [999, 25, 45, 35]}
+    monkeypatch.setattr(report, "_timed", lambda function, batch, device: script[function(batch)].pop(0))
+    timings = report.measure_cascade(Runners(), [torch.zeros(4, 3, 8, 8)], torch.device("cpu"), repeats=3)
+    assert (timings["light_ms"], timings["light_ms_min"], timings["light_ms_max"]) == (20, 10, 30)
+    assert (timings["heavy_ms"], timings["heavy_ms_min"], timings["heavy_ms_max"]) == (50, 40, 60)
+    assert (timings["cascade_ms"], timings["cascade_ms_min"], timings["cascade_ms_max"]) == (35, 25, 45)
+    assert (timings["light_ms_per_image"], timings["cascade_ms_per_image"]) == (5, 8.75)
+    assert timings["cascade_vs_heavy"] == pytest.approx(statistics.median([25 / 40, 45 / 60, 35 / 50]))

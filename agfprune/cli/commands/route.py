@@ -217,6 +217,14 @@ def eval_command(
     ]
     unit = f"ms/batch of {lat['batch_size']}" if lat else "ms/batch (not timed)"
     stdout.print(table(f"cost at heavy fraction f = {report.heavy_fraction:.4f}", ["quantity", "MACs/image", unit], rows))
+    if lat:
+        stdout.print(table(f"measured latency, {lat['threads']} thread(s), {lat['device']}: median over "
+                           f"{lat['repeats']} repeats of {lat['batches']} batch(es)",
+                           ["model", "ms/batch", "min", "max", "ms/image"],
+                           [(label, lat[f"{key}_ms" if key != "cascade" else "cascade_ms_measured"],
+                             lat[f"{key}_ms_min"], lat[f"{key}_ms_max"], lat[f"{key}_ms_per_image"])
+                            for label, key in (("light + signal", "light"), ("heavy", "heavy"),
+                                               ("cascade", "cascade"))]))
     if report.sweep is not None:
         pareto = [p for p in report.sweep.points if p.pareto]
         step = max(1, len(pareto) // 12)

@@ -19,7 +19,7 @@ import torch
 from agfprune.core.atomic import atomic_path, check_outputs, write_text_atomic
 from agfprune.core.data import LoaderOptions
 from agfprune.core.errors import UsageError
-from agfprune.core.evaluate import count_cost
+from agfprune.core.evaluate import Latency, count_cost
 from agfprune.core.progress import SILENT, Progress
 from agfprune.core.routing.calibrate import (Objective, Sweep, heavy_mask, point_at_threshold, select_point,
                                              threshold_sweep)
@@ -160,8 +160,8 @@ def _timed(function: Any, batch: torch.Tensor, device: torch.device) -> float:
 @torch.no_grad()
 def measure_cascade(cascade: Cascade, batches: list[torch.Tensor], device: torch.device,
                     repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median ms per batch of light alone, heavy alone and the cascade, and the median per-pass
-    ratio cascade/heavy. The three run back to back on each real batch, in a rotating order, so
+    """Median ms per batch of light alone, heavy alone and the cascade (with ms per image and the
+    min/max over the repeats), and the median per-pass ratio cascade/heavy. The three run back to back on each real batch, in a rotating order, so
     that load from other processes on a shared machine hits all three alike."""
     names = ("light_ms", "heavy_ms", "cascade_ms")
     # the light pass is timed with its signal (a backward pass for dynamic signals)
@@ -176,7 +176,12 @@ def measure_cascade(cascade: Cascade, batches: list[torch.Tensor], device: torch
         if step >= warmup:
             for name in names:
                 passes[name].append(totals[name] / len(batches))
-    result = {name: statistics.median(values) for name, values in passes.items()}
+    batch_size = int(batches[0].shape[0])
+    result: dict[str, float] = {}
+    for name, values in passes.items():
+        spread = Latency.of(values, batch_size)
+        result |= {name: spread.median_ms, f"{name}_per_image": spread.per_image_ms,
+                   f"{name}_min": spread.min_ms, f"{name}_max": spread.max_ms}
     result["cascade_vs_heavy"] = statistics.median(
         c / h for c, h in zip(passes["cascade_ms"], passes["heavy_ms"]))
     result["light_vs_heavy"] = statistics.median(
@@ -275,6 +280,8 @@ def evaluate_router(router_path: str | Path, data: str | Path, *, half: str | No
             "batch_size": int(batches[0].shape[0]), "batches": len(batches), "repeats": latency_repeats,
             "light_ms": timings["light_ms"], "heavy_ms": timings["heavy_ms"],
             "cascade_ms_measured": timings["cascade_ms"],
+            **{f"{name}_ms_{stat}": timings[f"{name}_ms_{stat}"] for name in ("light", "heavy", "cascade")
+               for stat in ("per_image", "min", "max")},
             "cascade_vs_heavy_measured": timings["cascade_vs_heavy"],
             "light_vs_heavy_measured": timings["light_vs_heavy"],
             "heavy_fraction_in_timed_batches": batch_fraction,
