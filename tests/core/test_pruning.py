@@ -266,3 +266,15 @@ def test_number_like_fingerprint_survives_the_metadata_round_trip(tmp_path: Path
     model = nn.Linear(2, 2)
     checkpoint.write_checkpoint(tmp_path / "m.safetensors", model, arch="x", timm_kwargs={}, data_config={})
     assert checkpoint.read_checkpoint(tmp_path / "m.safetensors").metadata["fingerprint"] == "1234e56789012345"
+
+
+def test_macs_target_is_met_in_macs_not_params() -> None:
+    # layer1 (ignored here) does a third of ResNet-20's MACs with few of its parameters, so a channel
+    # ratio right for one measure is far off for the other; counted afresh on both models
+    from agfprune.core.evaluate import count_cost
+
+    loaded = _resnet20()
+    result = prune_model(loaded, _magnitude(), PruneOptions(ratio=0.4, target="macs", ignore=["layer1.*"]))
+    dense, pruned = count_cost(loaded.model, (3, 32, 32)), count_cost(result.model, (3, 32, 32))
+    assert abs(1 - pruned.macs / dense.macs - 0.4) <= 0.01
+    assert abs(1 - pruned.params / dense.params - 0.4) > 0.03
