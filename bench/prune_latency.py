@@ -7,8 +7,9 @@ Prints one JSON document:
 - "latency": for each --checkpoint (default: the shared ResNet-56 and ViT) at each --ratios value
   (magnitude-l2; latency does not depend on which channels go): median ms per batch of the dense
   and the pruned net in PyTorch eager and, exported to ONNX, in onnxruntime, at each --batch-sizes
-  value, one thread (--threads) for both runtimes; dense and pruned interleaved round by round;
-  the speed-up next to the MACs ratio.
+  value, one thread (--threads) for both runtimes; dense and pruned interleaved round by round, in
+  --blocks independent blocks: the speed-up (median over blocks) and its per-block values next to
+  the MACs ratio.
 
     python bench/prune_latency.py --archs --ratios 0.5 --batch-sizes 1 128 --threads 1
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -65,8 +67,12 @@ def _onnx(loaded, folder: Path, name: str, threads: int):
 
 
 def latency(checkpoints: list[str], ratios: list[float], batch_sizes: list[int], repeats: int,
-            threads: int, runtimes: list[str], device: torch.device) -> list[dict]:
-    from agfprune.core.evaluate import measure_latencies
+            threads: int, runtimes: list[str], device: torch.device, warmup: int = 5,
+            blocks_per_figure: int = 3) -> list[dict]:
+    """Each figure is timed in `blocks_per_figure` independent blocks of `warmup` + `repeats`
+    interleaved rounds; the speed-up is the median over blocks of the ratio of medians, and the
+    per-block values show its spread (one slow stretch of a shared machine moves one block)."""
+    from agfprune.core.evaluate import time_forward_passes
     from agfprune.core.models import LoadedModel, load_model
     from agfprune.core.pruning import PruneOptions, prune_model
 
@@ -94,15 +100,24 @@ def latency(checkpoints: list[str], ratios: list[float], batch_sizes: list[int],
                     for batch_size in batch_sizes:
                         # fewer timed rounds for big batches keeps the run short; medians either way
                         count = max(5, repeats // 4) if batch_size >= 64 else repeats
-                        dense_ms, pruned_ms = measure_latencies(
-                            [(dense_model, where, False), (pruned_model, where, False)],
-                            [loaded.input_size] * 2, batch_size, warmup=2, repeats=count)
+                        blocks = [time_forward_passes([(dense_model, where, False), (pruned_model, where, False)],
+                                                      [loaded.input_size] * 2, batch_size, warmup=warmup,
+                                                      repeats=count) for _ in range(blocks_per_figure)]
+                        speedups = sorted(dense.median_ms / pruned.median_ms for dense, pruned in blocks)
+                        dense_ms = statistics.median(dense.median_ms for dense, _ in blocks)
+                        pruned_ms = statistics.median(pruned.median_ms for _, pruned in blocks)
                         rows.append({
                             "model": loaded.arch, "checkpoint": checkpoint, "ratio": ratio, "runtime": runtime,
                             "device": str(where),
-                            "batch_size": batch_size, "threads": threads, "repeats": count,
+                            "batch_size": batch_size, "threads": threads, "warmup": warmup,
+                            "repeats": count, "blocks": blocks_per_figure,
                             "dense_ms": round(dense_ms, 3), "pruned_ms": round(pruned_ms, 3),
-                            "speedup": round(dense_ms / pruned_ms, 3),
+                            "dense_ms_min_max": [round(min(d.min_ms for d, _ in blocks), 3),
+                                                 round(max(d.max_ms for d, _ in blocks), 3)],
+                            "pruned_ms_min_max": [round(min(p.min_ms for _, p in blocks), 3),
+                                                  round(max(p.max_ms for _, p in blocks), 3)],
+                            "speedup": round(statistics.median(speedups), 3),
+                            "speedup_blocks": [round(value, 3) for value in speedups],
                             "latency_ratio": round(pruned_ms / dense_ms, 4),
                             "macs_ratio": round(result.record.macs_after / result.record.macs_before, 4),
                             "params_ratio": round(result.record.params_after / result.record.params_before, 4),
@@ -121,6 +136,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 128])
     parser.add_argument("--runtimes", nargs="+", default=["eager", "onnxruntime"], choices=["eager", "onnxruntime"])
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds before each block")
+    parser.add_argument("--blocks", type=int, default=3, help="independent timed blocks per figure (spread)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads, the same for every net and runtime")
     parser.add_argument("--device", default="cpu", help="where the eager nets run (onnxruntime uses its CPU provider)")
     args = parser.parse_args()
@@ -130,7 +147,7 @@ def main() -> None:
         "torch": torch.__version__,
         "prune_time": prune_times(args.archs, args.prune_ratio),
         "latency": latency(args.checkpoint, args.ratios, args.batch_sizes, args.repeats, args.threads,
-                           args.runtimes, torch.device(args.device)),
+                           args.runtimes, torch.device(args.device), args.warmup, args.blocks),
     }
     print(json.dumps(report, indent=2))
 

@@ -220,16 +220,17 @@ class _Collector:
         return value.mul_(grad) if fresh else value * grad
 
     def _reduce(self, name: str, product: torch.Tensor, dim: int, side: str) -> None:
-        """Add |a * g| and the per-sample |sum over positions of a * g| per channel (product = a * g)."""
+        """Add |a * g| and the per-sample |sum over positions of a * g| per channel; `product` = a * g
+        is a temporary of ours, which this overwrites."""
         flat = _flatten(product, dim)
         if flat is None:  # (N, C): no positions, so both sums coincide
             absolute = taylor = product.abs().sum(dim=0)
-        elif dim == 1:  # (N, C, P)
+        elif dim == 1:  # (N, C, P); abs_ after the signed sums, in place in our temporary
             taylor = flat.sum(dim=2).abs_().sum(dim=0)
-            absolute = torch.linalg.vector_norm(flat, ord=1, dim=2).sum(dim=0)
+            absolute = flat.abs_().sum(dim=2).sum(dim=0)  # 6-9x faster than vector_norm(ord=1) on CPU
         else:  # (N, P, C)
             taylor = flat.sum(dim=1).abs_().sum(dim=0)
-            absolute = torch.linalg.vector_norm(flat.reshape(-1, flat.shape[-1]), ord=1, dim=0)
+            absolute = flat.reshape(-1, flat.shape[-1]).abs_().sum(dim=0)
         abs_target, taylor_target = ((self.stats.out_abs, self.stats.out_taylor) if side == "out"
                                      else (self.stats.in_abs, self.stats.in_taylor))
         self._accumulate(abs_target, name, absolute)

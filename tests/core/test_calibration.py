@@ -282,3 +282,28 @@ def test_calibration_autocasts_to_bf16_only(monkeypatch: pytest.MonkeyPatch) -> 
     images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
     collect_statistics(model, [(images, labels)], torch.device("cpu"), batches=1, amp=True)
     assert calls and all(call.get("fp16") is False for call in calls)
+
+
+def test_token_sites_equal_brute_force_autograd():
+    """(N, tokens, C) sites (ViT head features and stream writes) against |a * dL/da| from autograd."""
+    from agfprune.core.models import create_model
+
+    def vit() -> nn.Module:
+        torch.manual_seed(0)
+        return create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                            num_classes=5).double().eval()
+
+    generator = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(3, 3, 16, 16, generator=generator, dtype=torch.float64), torch.tensor([0, 4, 2]))]
+    stats = calibrate(vit(), batches, "cpu", batches=1)
+    model, tensors = vit(), {}
+    model.blocks[0].attn.proj.register_forward_pre_hook(lambda m, args: tensors.__setitem__("proj:in", args[0]))
+    model.blocks[0].mlp.fc2.register_forward_hook(lambda m, args, out: tensors.__setitem__("fc2:out", out))
+    (images, labels), = batches
+    grads = torch.autograd.grad(nn.functional.cross_entropy(model(images), labels), list(tensors.values()))
+    expected = {key: (tensors[key] * grad).detach() for key, grad in zip(tensors, grads)}  # (N, T, C)
+    for key, sums, taylors in (("proj:in", stats.in_abs["blocks.0.attn.proj"], stats.in_taylor["blocks.0.attn.proj"]),
+                               ("fc2:out", stats.out_abs["blocks.0.mlp.fc2"], stats.out_taylor["blocks.0.mlp.fc2"])):
+        assert float(expected[key].abs().sum()) > 0
+        torch.testing.assert_close(sums, expected[key].abs().sum((0, 1)), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(taylors, expected[key].sum(1).abs().sum(0), rtol=1e-9, atol=1e-12)
