@@ -137,6 +137,11 @@ def main() -> None:
     print(render_table(results))
 
 
+def _spread(values: list[float] | None) -> str:
+    """'blocks 1.71–1.80; ' from the per-block values of a figure, or '' without them."""
+    return f"blocks {min(values):.2f}–{max(values):.2f}; " if values else ""
+
+
 def render_table(results: dict) -> str:
     """The performance table (markdown) from the collected results."""
     rows = [("figure", "measured", "target")]
@@ -165,7 +170,8 @@ def render_table(results: dict) -> str:
                          f"{row['ratio_prune_over_plain_peak_rss']:.2f}× its", "minutes, not hours"))
     for row in (results.get("latency") or {}).get("latency", []):
         rows.append((f"pruned/dense speed-up, {row['model']} ratio {row['ratio']}, {row['runtime']}, batch "
-                     f"{row['batch_size']}, {row['threads']} thread", f"{row['speedup']:.2f}× (MACs ×{row['macs_ratio']:.3f} "
+                     f"{row['batch_size']}, {row['threads']} thread", f"{row['speedup']:.2f}× "
+                     f"({_spread(row.get('speedup_blocks'))}MACs ×{row['macs_ratio']:.3f} "
                      f"→ ideal {1 / row['macs_ratio']:.2f}×)", "report"))
     finetune = results.get("finetune")
     if finetune:
