@@ -295,7 +295,7 @@ def test_token_sites_equal_brute_force_autograd():
 
     generator = torch.Generator().manual_seed(3)
     batches = [(torch.randn(3, 3, 16, 16, generator=generator, dtype=torch.float64), torch.tensor([0, 4, 2]))]
-    stats = calibrate(vit(), batches, "cpu", batches=1)
+    stats = collect_statistics(vit(), batches, "cpu", batches=1)
     model, tensors = vit(), {}
     model.blocks[0].attn.proj.register_forward_pre_hook(lambda m, args: tensors.__setitem__("proj:in", args[0]))
     model.blocks[0].mlp.fc2.register_forward_hook(lambda m, args, out: tensors.__setitem__("fc2:out", out))
