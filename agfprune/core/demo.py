@@ -80,7 +80,7 @@ def run_demo(request: DemoRequest, progress: Progress = SILENT) -> list[dict[str
     from agfprune.core.routing.calibrate import Objective, fit_threshold
     from agfprune.core.routing.experts import ExpertSource
     from agfprune.core.routing.report import evaluate_router
-    from agfprune.core.scoring import ScoreRequest, run_scoring
+    from agfprune.core.scoring_run import ScoreRequest, run_scoring
     from agfprune.core.synthetic import make_synthetic
 
     request.validate()

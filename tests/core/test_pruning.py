@@ -225,7 +225,8 @@ def test_checkpoint_reloads_without_model_name(tmp_path: Path) -> None:
 
 
 def test_scores_file_prunes_like_the_metric_and_refuses_other_models(tmp_path: Path) -> None:
-    from agfprune.core.scoring import load_scores, score_model, write_scores
+    from agfprune.core.scores_file import load_scores, write_scores
+    from agfprune.core.scoring import score_model
 
     loaded = _resnet20()
     report = score_model(loaded.model, get_metric("magnitude-l2"), torch.randn(1, 3, 32, 32))

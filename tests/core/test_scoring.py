@@ -11,8 +11,8 @@ from agfprune.core.calibration import collect_statistics
 from agfprune.core.errors import ModelError, UsageError
 from agfprune.core.metrics import get_metric
 from agfprune.core.models import create_model
-from agfprune.core.scoring import (build_graph, group_key, iter_groups, load_scores, rank_agreement, score_model,
-                                   write_scores)
+from agfprune.core.scores_file import load_scores, write_scores
+from agfprune.core.scoring import build_graph, group_key, iter_groups, rank_agreement, score_model
 
 
 def _resnet():

@@ -40,7 +40,7 @@ def score_command(
     from agfprune.cli.output import print_json, stdout, table
     from agfprune.core.atomic import check_outputs
     from agfprune.core.errors import UsageError
-    from agfprune.core.scoring import ScoreRequest, run_scoring
+    from agfprune.core.scoring_run import ScoreRequest, run_scoring
 
     request = ScoreRequest(calib=calib, metric=metric, model=model, checkpoint=o.checkpoint_of(checkpoint_arg, checkpoint), pretrained=pretrained,
                            group_reduction=group_reduction, normalizer=normalizer, img_size=img_size,

@@ -135,7 +135,7 @@ def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.devic
 
     if request.scores is not None:
         from agfprune.core.errors import ModelError
-        from agfprune.core.scoring import load_scores
+        from agfprune.core.scores_file import load_scores
 
         stored = load_scores(request.scores, request.metric)
         if stored.fingerprint and stored.fingerprint != loaded.fingerprint:
@@ -156,7 +156,7 @@ def _scorer(request: PruneRequest, loaded: Any, loader: Any, device: torch.devic
     first_stats = None
     if request.calib is not None:
         from agfprune.core.calibration import check_matches, load_calibration
-        from agfprune.core.scoring import calibration_provenance
+        from agfprune.core.scoring_run import calibration_provenance
 
         first_stats = calib_stats if calib_stats is not None else load_calibration(request.calib)
         check_matches(first_stats, loaded)
