@@ -150,7 +150,8 @@ def test_batchnorm_outputs_are_not_held_until_backward():
     by an in-place add) is freed after the forward, as in a plain step."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
-    from agfprune.core.calibration import _Collector, removal_sites_of
+    from agfprune.core.calibration import removal_sites_of
+    from agfprune.core.calibration_hooks import _Collector
 
     model, ((images, labels),) = _tiny_model().eval(), _batches(1)
     collector = _Collector(model, torch.float64, torch.device("cpu"), removal_sites_of(model, images[:1]))
