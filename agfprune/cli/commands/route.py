@@ -101,14 +101,12 @@ def calibrate_command(
     from agfprune.core.device import resolve_device, seed_everything
     from agfprune.core.routing.calibrate import fit_threshold
     from agfprune.core.routing.experts import ExpertSource
-    from agfprune.core.routing.signals import check_signal
 
     for value, name in ((light, "--light"), (heavy, "--heavy"), (data, "--data"), (out, "--out")):
         o.require(value, name)
-    check_signal(signal)
     overrides = data_overrides(img_size, mean, std)
+    # the objective and the signal are validated once, by fit_threshold, before anything loads
     objective = _objective(match_heavy, tolerance, max_heavy_fraction, threshold, sustained)
-    objective.validate()
     torch_device = resolve_device(device)
     seed_everything(seed)
     result = fit_threshold(
