@@ -70,8 +70,15 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
 
 
 def shutdown(context: DistContext) -> None:
-    """Leave the process group (safe to call when none was joined)."""
+    """Leave the process group (safe to call when none was joined).
+
+    Every rank waits for the others first: a rank that tore down its gloo group while rank 0 was still
+    writing the file could abort in gloo's teardown ("terminate called without an active exception")."""
     if context.enabled and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer is already gone: nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 
