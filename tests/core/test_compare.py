@@ -137,6 +137,30 @@ def test_ties_in_rank_and_claims(dense, tmp_path: Path) -> None:
     assert verdicts[1].startswith("holds in part")  # AGF ties random: not "holds"
 
 
+def test_claim_one_reads_to_or_below_and_counts_wanda_and_ria(dense, tmp_path: Path) -> None:
+    """Claim 1 is decided at both stages; a traditional metric tied with random is the paper's "to or
+    below"; Wanda and RIA are traditional metrics, so one above random refutes the claim."""
+    def cell(metric: str, seed: int, pruned: float, finetuned: float) -> Cell:
+        return Cell(metric=metric, ratio=0.75, seed=seed, top1_pruned=pruned, top1_finetuned=finetuned,
+                    loss_pruned=1.0, params=10, macs=10,
+                    halves={"pruned": {"select": pruned, "report": pruned},
+                            "finetuned": {"select": finetuned, "report": finetuned}})
+    # pruned: magnitude-l2 − random = 1, −1, 0 (a tie); finetuned: 10 below random every seed
+    tops = {"agf": ((20, 21, 22), (70, 71, 72)), "random": ((10, 11, 12), (60, 61, 62)),
+            "magnitude-l2": ((11, 10, 12), (50, 51, 52))}
+    cells = [cell(m, s, p, f) for m, (ps, fs) in tops.items() for s, (p, f) in enumerate(zip(ps, fs))]
+    config = _config(tmp_path, metrics=list(tops), ratios=[0.75], seeds=3)
+    verdicts = {c["stage"]: c["verdict"] for c in summarize(dense, config, cells, 90.0, ModelCost(20, 20))["claims"]
+                if c["claim"] == 1}
+    assert verdicts["finetuned"] == "holds"
+    assert verdicts["pruned"].startswith("holds as 'to or below'") and "magnitude-l2" in verdicts["pruned"]
+    with_ria = cells + [cell("ria", s, 10 + s, 63 + s) for s in range(3)]  # 3 points above random every seed
+    config = _config(tmp_path, metrics=[*tops, "ria"], ratios=[0.75], seeds=3)
+    claim = [c for c in summarize(dense, config, with_ria, 90.0, ModelCost(20, 20))["claims"]
+             if c["claim"] == 1 and c["stage"] == "finetuned"][0]
+    assert claim["verdict"] == "does not hold" and claim["vs_random"]["ria"] == "+3.00 [+3.00, +3.00]"
+
+
 def test_allocations_are_crossed_and_halves_partition_the_evaluation(dense, tmp_path: Path) -> None:
     results = run_compare(dense, _config(tmp_path, allocations=["local", "global", "global-cost"], target="params",
                                          seeds=1, finetune_epochs=0), resolve_device("cpu"))
