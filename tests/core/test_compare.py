@@ -135,6 +135,13 @@ def test_ties_in_rank_and_claims(dense, tmp_path: Path) -> None:
     tied = [cell(m, s, v if m != "agf" else (60, 62, 61)[s]) for m, values in tops.items() for s, v in enumerate(values)]
     verdicts = {c["claim"]: c["verdict"] for c in summarize(dense, config, tied, 90.0, ModelCost(20, 20))["claims"]}
     assert verdicts[1].startswith("holds in part")  # AGF ties random: not "holds"
+    # claim 3 without magnitude-l2: agf and taylor tie, random lies below them, and random is the floor
+    # the scoring metrics are measured against, not one of them: a ceiling, with random named beside it
+    config = _config(tmp_path, metrics=["agf", "taylor", "random"], ratios=[0.75], seeds=3, baselines=["scratch"])
+    ceiling = [c for c in summarize(dense, config, [c for c in cells if c.metric != "magnitude-l2"], 90.0,
+                                    ModelCost(20, 20))["claims"] if c["claim"] == 3][0]
+    assert ceiling["verdict"].startswith("holds: no scoring metric better than another beyond doubt; random below")
+    assert ceiling["best"] == "taylor" and "best 18.7 points below dense" in ceiling["verdict"]  # 90 − 71.33
 
 
 def test_claim_one_reads_to_or_below_and_counts_wanda_and_ria(dense, tmp_path: Path) -> None:
