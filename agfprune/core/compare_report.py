@@ -401,6 +401,22 @@ def _cell_keys(row: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     return [f"{row['metric']}_{row['allocation']}_r{row['ratio']:g}_s{seed}" for seed in range(settings["seeds"])]
 
 
+# one colour per metric (tab10 without its grey, which marks scratch), one marker and line per allocation
+METRIC_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                 "tab:olive", "tab:cyan")
+ALLOCATION_STYLE = {"local": ("o", "-"), "global": ("s", "--"), "global-cost": ("^", "-.")}
+
+
+def line_style(metric: str, allocation: str, metrics: list[str]) -> dict[str, str]:
+    """A metric keeps its colour across allocations and scratch is always grey and dotted, so a
+    reader can match lines by colour (metric) and marker (allocation) with a dozen lines."""
+    marker, linestyle = ALLOCATION_STYLE.get(allocation, ("D", "-"))
+    if metric == SCRATCH:
+        return {"color": "grey", "linestyle": ":", "marker": marker}
+    return {"color": METRIC_COLORS[metrics.index(metric) % len(METRIC_COLORS)], "marker": marker,
+            "linestyle": linestyle}
+
+
 def write_plot(path: Path, results: dict[str, Any]) -> None:
     """Top-1 (report half, mean with 95 % interval) against the share of parameters removed, one
     line per metric and allocation; dense and scratch as reference lines; the axis fitted to the
@@ -438,8 +454,8 @@ def write_plot(path: Path, results: dict[str, Any]) -> None:
                     shown += low + high
                 shown += y
                 label = metric if len(allocations) == 1 else f"{metric} ({allocation})"
-                style = dict(color="grey", linestyle=":", marker="s") if metric == SCRATCH else dict(marker="o")
-                axis.errorbar(x, y, yerr=error, capsize=3, label=label, **style)
+                axis.errorbar(x, y, yerr=error, capsize=3, label=label,
+                              **line_style(metric, allocation, results["settings"]["metrics"]))
         if shown:
             span = max(shown) - min(shown)
             margin = max(1.0, 0.08 * span)

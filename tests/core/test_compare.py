@@ -272,3 +272,16 @@ def test_report_only_writes_a_partial_report_without_computing(dense, tmp_path: 
     assert partial["complete"] is False and (partial["cells_done"], partial["cells_planned"]) == (1, 4)
     assert len(list((tmp_path / "cells").glob("*.json"))) == 1
     assert "Partial: 1 of 4 cells" in (tmp_path / "results.md").read_text()
+
+
+def test_plot_lines_keep_a_colour_per_metric_and_grey_for_scratch() -> None:
+    """Twelve lines (five metrics × two allocations + scratch) once cycled tab10 into scratch's grey."""
+    from agfprune.core.compare_report import line_style
+
+    metrics = ["agf", "taylor", "magnitude-l2", "wanda", "random", "ria", "snip", "bn-scale", "magnitude-l1"]
+    styles = {(m, a): line_style(m, a, metrics) for m in metrics + ["scratch"] for a in ("local", "global")}
+    colours = {styles[(m, "local")]["color"] for m in metrics}
+    assert len(colours) == len(metrics) and "grey" not in colours
+    assert all(styles[(m, "local")]["color"] == styles[(m, "global")]["color"] for m in metrics)
+    assert styles[("agf", "local")]["marker"] != styles[("agf", "global")]["marker"]
+    assert styles[("scratch", "global")]["color"] == "grey"
