@@ -466,7 +466,7 @@ def write_plot(path: Path, results: dict[str, Any]) -> None:
         axis.axhline(dense_top1, color="black", linestyle="--", linewidth=1, label=f"dense {dense_top1:.1f}%")
         axis.set_xlabel("parameters removed (%)")
         axis.set_ylabel("top-1 on the report half (%)")
-        axis.set_title(f"{results['model']}: {'after BN recalibration' if stage == 'pruned' else 'after training'}")
+        axis.set_title(f"{results['model']}: {'right after pruning (BatchNorm re-estimated)' if stage == 'pruned' else 'after finetuning'}")
         axis.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     figure.tight_layout()
