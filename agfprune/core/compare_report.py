@@ -64,6 +64,11 @@ def excludes_zero(interval: dict[str, Any] | None) -> int:
     return 1 if interval["low"] > 0 else (-1 if interval["high"] < 0 else 0)
 
 
+def _sign(interval: dict[str, Any] | None) -> int | None:
+    """excludes_zero, or None where there is no interval (one seed): unknown, not a tie."""
+    return None if interval is None or interval["low"] is None else excludes_zero(interval)
+
+
 def _value(cell: Any, stage: str, half: str = "report") -> float | None:
     """A cell's top-1 on one half (whole split for cells that predate halves)."""
     value = cell.halves.get(stage, {}).get(half)
@@ -218,11 +223,15 @@ def _fmt(interval: dict[str, Any] | None, difference: bool = True) -> str:
     return f"{interval['mean']:.2f} ± {(interval['high'] - interval['low']) / 2:.2f}"
 
 
-def _claim1_verdict(agf_sign: int, signs: dict[str, int]) -> str:
-    """Claim 1 from the signs of the paired intervals against random (+1 above, −1 below, 0 contains 0).
-    The paper says traditional metrics fall "to or below" random: a tie with random is the weak form."""
-    if agf_sign < 0 or any(s > 0 for s in signs.values()):
+def _claim1_verdict(agf_sign: int | None, signs: dict[str, int | None]) -> str:
+    """Claim 1 from the signs of the paired intervals against random (+1 above, −1 below, 0 contains 0,
+    None: fewer than two seeds, so no interval). The paper says traditional metrics fall "to or below"
+    random: a tie with random is the weak form; a metric without an interval decides nothing."""
+    if agf_sign == -1 or any(s == 1 for s in signs.values()):
         return "does not hold"
+    unknown = [m for m, s in signs.items() if s is None] + (["agf"] if agf_sign is None else [])
+    if unknown:
+        return f"cannot be decided at this budget ({', '.join(unknown)} with one seed)"
     tied = [m for m, s in signs.items() if s == 0]
     if agf_sign > 0:
         return "holds" if not tied else ("holds as 'to or below': AGF above random, no traditional metric above "
@@ -272,8 +281,8 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
             traditional = [here[m] for m in TRADITIONAL if m in here]
             if agf is not None and traditional and "random" in here:
                 for when in stages:
-                    signs = {r["metric"]: excludes_zero(r.get(f"vs_random_{when}")) for r in traditional}
-                    verdict = _claim1_verdict(excludes_zero(agf.get(f"vs_random_{when}")), signs)
+                    signs = {r["metric"]: _sign(r.get(f"vs_random_{when}")) for r in traditional}
+                    verdict = _claim1_verdict(_sign(agf.get(f"vs_random_{when}")), signs)
                     evidence = {r["metric"]: _fmt(r.get(f"vs_random_{when}")) for r in [agf, *traditional]}
                     out.append({"claim": 1, "ratio": ratio, "allocation": allocation, "stage": when,
                                 "verdict": verdict, "vs_random": evidence})

@@ -166,6 +166,12 @@ def test_claim_one_reads_to_or_below_and_counts_wanda_and_ria(dense, tmp_path: P
     claim = [c for c in summarize(dense, config, with_ria, 90.0, ModelCost(20, 20))["claims"]
              if c["claim"] == 1 and c["stage"] == "finetuned"][0]
     assert claim["verdict"] == "does not hold" and claim["vs_random"]["ria"] == "+3.00 [+3.00, +3.00]"
+    # a traditional metric measured at one seed has no interval: unknown, not a tie with random
+    one_seed = cells + [cell("wanda", 0, 10, 60)]
+    config = _config(tmp_path, metrics=[*tops, "wanda"], ratios=[0.75], seeds=3)
+    verdicts = {c["stage"]: c["verdict"] for c in summarize(dense, config, one_seed, 90.0, ModelCost(20, 20))["claims"]
+                if c["claim"] == 1}
+    assert verdicts["finetuned"] == "cannot be decided at this budget (wanda with one seed)"
 
 
 def test_allocations_are_crossed_and_halves_partition_the_evaluation(dense, tmp_path: Path) -> None:
