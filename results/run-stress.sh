@@ -4,10 +4,10 @@
 # Cells are spread over RANKS torchrun processes (one thread each), so a 2-core machine runs two at once.
 #   1. ResNet-20, global, 90 % of parameters removed: agf, random, the weight-only metrics + scratch (claim 3)
 #   2. ResNet-56, 75 % params, agf/taylor/magnitude-l2/wanda/random x local/global + scratch, 20,000 images/cell
-#   3. ResNet-20, local, 75 %: the claim-1 set under per-group ratios
-#   4. the ViT, 50 % of parameters removed (whole heads + MLP neurons + embedding; --target params so that
+#   3. the ViT, 50 % of parameters removed (whole heads + MLP neurons + embedding; --target params so that
 #      every metric keeps the same budget under global allocation), local and global: agf, magnitude-l2,
 #      random + scratch, 20,000 images/cell (SGD lr 0.01, fixed before the run: no choice made on val)
+#   4. ResNet-20, local, 75 %: the claim-1 set under per-group ratios
 #   5. the whole ResNet-20 grid of the issue (9 metrics x local,global x 0.75,0.9 x 3 seeds + scratch)
 set -u
 cd "$(dirname "$0")/.."
@@ -30,8 +30,8 @@ run() {
 CLAIM=agf,random,magnitude-l2,magnitude-l1,bn-scale
 run $R20 --metrics $CLAIM --allocation global --ratios 0.9 --seeds 3
 run $R56 --metrics agf,taylor,magnitude-l2,wanda,random --allocation local,global --ratios 0.75 --seeds 3
-run $R20 --metrics $CLAIM --allocation local --ratios 0.75 --seeds 3
 run $VIT --metrics agf,magnitude-l2,random --allocation local,global --ratios 0.5 --seeds 3
+run $R20 --metrics $CLAIM --allocation local --ratios 0.75 --seeds 3
 run $R20 --metrics agf,taylor,magnitude-l1,magnitude-l2,bn-scale,wanda,ria,snip,random --allocation local,global \
     --ratios 0.75,0.9 --seeds 3
 echo "=== $(date -u +%H:%M:%S) all done"
