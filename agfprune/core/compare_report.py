@@ -207,8 +207,10 @@ def summarize(loaded: Any, config: Any, cells: list[Any], dense_top1: float, den
 # The paper's claims, decided from the intervals
 
 
-def _final_stage(results: dict[str, Any]) -> str:
-    return "finetuned" if any("top1_finetuned_report" in r for r in results["summary"]) else "pruned"
+def _stages(results: dict[str, Any]) -> list[str]:
+    """The stages the run measured, in order: "pruned", then "finetuned" when any cell was finetuned."""
+    finetuned = any("top1_finetuned_report" in r for r in results["summary"])
+    return ["pruned", "finetuned"] if finetuned else ["pruned"]
 
 
 def _fmt(interval: dict[str, Any] | None, difference: bool = True) -> str:
@@ -269,8 +271,8 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     (after BatchNorm re-estimation and after finetuning), claim 2 (AGF above the same shape trained
     from scratch) per ratio and allocation, and claim 3 (a ceiling: at the largest ratio no metric is
     better than another beyond doubt) per allocation, on the last stage."""
-    stage = _final_stage(results)
-    stages = ["pruned", "finetuned"] if stage == "finetuned" else ["pruned"]
+    stages = _stages(results)
+    stage = stages[-1]
     out: list[dict[str, Any]] = []
     rows = results["summary"]
     ratios = results["settings"]["ratios"]
@@ -312,7 +314,7 @@ def render_markdown(results: dict[str, Any], timings: dict[str, float] | None = 
     """results.md: per ratio and allocation the report-half top-1 (mean ± 95 % half-width), paired
     differences against random and the reference, ranks with ties; the claims; cell wall times."""
     settings = results["settings"]
-    stages = ["pruned", "finetuned"] if _final_stage(results) == "finetuned" else ["pruned"]
+    stages = _stages(results)
     dense = results["dense"]
     reference = settings.get("reference", "agf")
     budget = (f"finetuning {settings['finetune_epochs']} epoch(s) × {settings['finetune_limit'] or 'all'} images"
@@ -437,7 +439,7 @@ def write_plot(path: Path, results: dict[str, Any]) -> None:
 
     from agfprune.core.atomic import atomic_path
 
-    stages = ["pruned", "finetuned"] if _final_stage(results) == "finetuned" else ["pruned"]
+    stages = _stages(results)
     dense = results["dense"]
     dense_top1 = dense.get("top1_report", dense["top1"])
     allocations = results["settings"].get("allocations", ["local"])
