@@ -161,8 +161,9 @@ def _timed(function: Any, batch: torch.Tensor, device: torch.device) -> float:
 def measure_cascade(cascade: Cascade, batches: list[torch.Tensor], device: torch.device,
                     repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median ms per batch of light alone, heavy alone and the cascade (with ms per image and the
-    min/max over the repeats), and the median per-pass ratio cascade/heavy. The three run back to back on each real batch, in a rotating order, so
-    that load from other processes on a shared machine hits all three alike."""
+    min/max over the repeats), and the median per-pass ratio cascade/heavy. The three run back to
+    back on each real batch, in a rotating order, so that load from other processes on a shared
+    machine hits all three alike."""
     names = ("light_ms", "heavy_ms", "cascade_ms")
     # the light pass is timed with its signal (a backward pass for dynamic signals)
     runners = dict(zip(names, (cascade.score, cascade.heavy, cascade)))
