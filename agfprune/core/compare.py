@@ -182,7 +182,10 @@ class Cell:
     allocation: str = "local"
     # top-1 on the seeded halves of the evaluation split: {"pruned": {"select": .., "report": ..}, ...}
     halves: dict[str, dict[str, float]] = field(default_factory=dict)
-    seconds: float | None = None  # wall time; goes to timings.json, never into results.json
+    # how the cell ran: timings.json only, never results.json (a --report-only run must not restate them)
+    seconds: float | None = None  # wall time
+    threads: int | None = None  # torch threads of the rank that computed it
+    world_size: int | None = None  # ranks sharing the machine while it ran
 
     @property
     def key(self) -> str:
@@ -428,6 +431,7 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
             started = time.perf_counter()
             cell = runner.run_cell(metric, allocation, ratio, seed)
             cell.seconds = round(time.perf_counter() - started, 2)
+            cell.threads, cell.world_size = torch.get_num_threads(), world
             spent.append(cell.seconds)
             write_text_atomic(cell_path(metric, allocation, ratio, seed), json.dumps(asdict(cell), sort_keys=True))
             remaining = len(todo) - done
@@ -455,6 +459,10 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
     timings = {cell.key: cell.seconds for cell in cells if cell.seconds is not None}
     write_outputs(config.out, results, cells, timings)
     if timings:
+        # each cell's own thread and rank counts: the run that writes the reports may not be the one
+        # that computed the cells (--report-only, or a resumed run with another world size)
+        ran_with = {cell.key: {"threads": cell.threads, "world_size": cell.world_size}
+                    for cell in cells if cell.seconds is not None and cell.threads is not None}
         write_text_atomic(config.out / "timings.json", json.dumps(
-            {"threads": torch.get_num_threads(), "world_size": world, "cells": timings}, indent=1, sort_keys=True))
+            {"cells": timings, "ran_with": ran_with}, indent=1, sort_keys=True))
     return results

@@ -29,6 +29,10 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042)
 
+# Cell fields that say how a cell ran, not what it measured: timings.json only, so that results.json
+# reproduces byte for byte.
+RUN_FIELDS = ("seconds", "threads", "world_size")
+
 
 def t_quantile(df: int) -> float:
     """The 97.5 % quantile of Student's t with `df` degrees of freedom (Cornish–Fisher beyond 30)."""
@@ -196,7 +200,7 @@ def summarize(loaded: Any, config: Any, cells: list[Any], dense_top1: float, den
         "summary": summary,
         "overlap": {f"{ratio:g}/{allocation}": jaccard_overlaps(cells, config.metrics, ratio, allocation)
                     for ratio in config.ratios for allocation in config.allocations},
-        "cells": [{k: v for k, v in asdict(c).items() if k not in ("kept", "settings_key", "seconds")}
+        "cells": [{k: v for k, v in asdict(c).items() if k not in ("kept", "settings_key", *RUN_FIELDS)}
                   for c in cells],
     }
     results["claims"] = claims(results)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from agfprune.core.compare import Cell, CompareConfig, jaccard_overlaps, run_compare, summarize
 from agfprune.core.device import resolve_device
@@ -271,13 +272,19 @@ def test_ranks_split_the_cells_and_rank_zero_merges_identically(dense, tmp_path:
     assert (shared / "results.json").read_bytes() == (tmp_path / "single" / "results.json").read_bytes()
 
 
-def test_report_only_writes_a_partial_report_without_computing(dense, tmp_path: Path) -> None:
+def test_report_only_writes_a_partial_report_without_computing(dense, tmp_path: Path, monkeypatch) -> None:
     device = resolve_device("cpu")
     run_compare(dense, _config(tmp_path, metrics=["random"], seeds=1, finetune_epochs=0), device)
+    # the report is written under another rank count: timings.json must keep the computing run's
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
     partial = run_compare(dense, _config(tmp_path, seeds=2, finetune_epochs=0, report_only=True), device)
     assert partial["complete"] is False and (partial["cells_done"], partial["cells_planned"]) == (1, 4)
     assert len(list((tmp_path / "cells").glob("*.json"))) == 1
     assert "Partial: 1 of 4 cells" in (tmp_path / "results.md").read_text()
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["ran_with"] == {"random_local_r0.5_s0": {"threads": torch.get_num_threads(), "world_size": 1}}
+    assert "world_size" not in (tmp_path / "results.json").read_text()
 
 
 def test_plot_lines_keep_a_colour_per_metric_and_grey_for_scratch() -> None:
