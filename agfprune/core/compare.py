@@ -37,6 +37,7 @@ from agfprune.core.compare_report import (HALVES, jaccard_overlaps, render_markd
                                           write_outputs)
 from agfprune.core.data import LoaderOptions, build_transform, cache_decoded, make_loader, open_dataset
 from agfprune.core.device import seed_everything
+from agfprune.core.distributed import agree_with_rank_zero
 from agfprune.core.errors import UsageError
 from agfprune.core.evaluate import count_cost
 from agfprune.core.models import LoadedModel
@@ -186,6 +187,7 @@ class Cell:
     seconds: float | None = None  # wall time
     threads: int | None = None  # torch threads of the rank that computed it
     world_size: int | None = None  # ranks sharing the machine while it ran
+    rank: int | None = None  # the rank that computed it
 
     @property
     def key(self) -> str:
@@ -403,7 +405,8 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
                 progress: Progress = SILENT) -> dict[str, Any] | None:
     """Compute (or reuse) every cell, then write results.json, results.md, the plot and timings.
 
-    Under torchrun this rank computes the cells with index % world size == rank; rank 0 then waits
+    Under torchrun the cells left unfinished (as rank 0 finds them) are dealt round-robin over the
+    ranks; rank 0 then waits
     for the others' cell files and writes the reports; other ranks return None. With
     `report_only` nothing is computed: the reports cover the finished cells (marked partial)."""
     config.validate()
@@ -424,14 +427,16 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
         return _load_cell(path, key) if path.exists() else None
 
     if not config.report_only:
-        mine = [(index, entry) for index, entry in enumerate(plan) if index % world == rank]
-        todo = [(index, entry) for index, entry in mine if finished(*entry) is None]
+        # the unfinished cells as rank 0 sees them, dealt round-robin: every rank gets a share even
+        # when a resumed run's unfinished cells all sit at one rank's plan positions
+        unfinished = agree_with_rank_zero([index for index, entry in enumerate(plan) if finished(*entry) is None])
+        todo = [(index, plan[index]) for index in unfinished[rank::world]]
         spent: list[float] = []
         for done, (index, (metric, allocation, ratio, seed)) in enumerate(todo, start=1):
             started = time.perf_counter()
             cell = runner.run_cell(metric, allocation, ratio, seed)
             cell.seconds = round(time.perf_counter() - started, 2)
-            cell.threads, cell.world_size = torch.get_num_threads(), world
+            cell.threads, cell.world_size, cell.rank = torch.get_num_threads(), world, rank
             spent.append(cell.seconds)
             write_text_atomic(cell_path(metric, allocation, ratio, seed), json.dumps(asdict(cell), sort_keys=True))
             remaining = len(todo) - done
@@ -461,7 +466,7 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
     if timings:
         # each cell's own thread and rank counts: the run that writes the reports may not be the one
         # that computed the cells (--report-only, or a resumed run with another world size)
-        ran_with = {cell.key: {"threads": cell.threads, "world_size": cell.world_size}
+        ran_with = {cell.key: {"threads": cell.threads, "world_size": cell.world_size, "rank": cell.rank}
                     for cell in cells if cell.seconds is not None and cell.threads is not None}
         write_text_atomic(config.out / "timings.json", json.dumps(
             {"cells": timings, "ran_with": ran_with}, indent=1, sort_keys=True))

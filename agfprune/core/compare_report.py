@@ -31,7 +31,7 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 # Cell fields that say how a cell ran, not what it measured: timings.json only, so that results.json
 # reproduces byte for byte.
-RUN_FIELDS = ("seconds", "threads", "world_size")
+RUN_FIELDS = ("seconds", "threads", "world_size", "rank")
 
 
 def t_quantile(df: int) -> float:

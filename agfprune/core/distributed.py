@@ -82,6 +82,23 @@ def shutdown(context: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def agree_with_rank_zero(value: Any) -> Any:
+    """Rank 0's `value` on every rank of a torchrun job; `value` itself in a single process.
+
+    For jobs whose ranks otherwise share nothing but files (compare): a short-lived gloo group is
+    joined, used for this one broadcast and left, so no collective outlives it. Ranks named by
+    RANK/WORLD_SIZE alone, without torchrun's MASTER_ADDR, have no job to join and keep their own."""
+    if env_world_size() <= 1 or "MASTER_ADDR" not in os.environ:
+        return value
+    context, _ = init_distributed(torch.device("cpu"))
+    try:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    finally:
+        shutdown(context)
+
+
 def barrier(context: DistContext) -> None:
     if context.enabled and dist.is_initialized():
         dist.barrier()

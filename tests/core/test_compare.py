@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from agfprune.core import compare as compare_module
 from agfprune.core.compare import Cell, CompareConfig, jaccard_overlaps, run_compare, summarize
 from agfprune.core.device import resolve_device
 from agfprune.core.errors import UsageError
@@ -264,12 +265,34 @@ def test_ranks_split_the_cells_and_rank_zero_merges_identically(dense, tmp_path:
     assert sorted(p.name for p in (shared / "cells").glob("*.json")) == ["random_local_r0.5_s0.json",
                                                                       "random_local_r0.5_s1.json"]
     monkeypatch.setenv("RANK", "0")
+    # under torchrun rank 0 would have broadcast the unfinished cells it saw before rank 1 wrote any
+    monkeypatch.setattr(compare_module, "agree_with_rank_zero", lambda unfinished: [0, 1, 2, 3])
     run_compare(dense, _config(shared, finetune_epochs=0), device)
     assert (shared / "results.json").read_bytes() == (tmp_path / "single" / "results.json").read_bytes()
     (shared / "cells" / "agf_local_r0.5_s1.json").unlink()  # a rank killed before writing its cell
+    monkeypatch.undo()
     monkeypatch.setenv("WORLD_SIZE", "1")
     run_compare(dense, _config(shared, finetune_epochs=0), device)
     assert (shared / "results.json").read_bytes() == (tmp_path / "single" / "results.json").read_bytes()
+
+
+def test_a_resumed_run_deals_the_unfinished_cells_over_every_rank(dense, tmp_path: Path, monkeypatch) -> None:
+    """Plan: agf s0, random s0, agf s1, random s1. With both agf cells done, the unfinished cells sit at
+    plan positions 1 and 3, both rank 1's under index % 2: each rank must get one of them instead."""
+    device = resolve_device("cpu")
+    run_compare(dense, _config(tmp_path, metrics=["agf"], finetune_epochs=0), device)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_compare(dense, _config(tmp_path, finetune_epochs=0), device) is None
+    assert not (tmp_path / "cells" / "random_local_r0.5_s0.json").exists()
+    rank_one = json.loads((tmp_path / "cells" / "random_local_r0.5_s1.json").read_text())
+    assert (rank_one["rank"], rank_one["world_size"]) == (1, 2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(compare_module, "agree_with_rank_zero", lambda unfinished: [1, 3])
+    run_compare(dense, _config(tmp_path, finetune_epochs=0), device)
+    ran_with = json.loads((tmp_path / "timings.json").read_text())["ran_with"]
+    assert {key: value["rank"] for key, value in ran_with.items()} == {
+        "agf_local_r0.5_s0": 0, "agf_local_r0.5_s1": 0, "random_local_r0.5_s0": 0, "random_local_r0.5_s1": 1}
 
 
 def test_report_only_writes_a_partial_report_without_computing(dense, tmp_path: Path, monkeypatch) -> None:
@@ -283,7 +306,8 @@ def test_report_only_writes_a_partial_report_without_computing(dense, tmp_path: 
     assert len(list((tmp_path / "cells").glob("*.json"))) == 1
     assert "Partial: 1 of 4 cells" in (tmp_path / "results.md").read_text()
     timings = json.loads((tmp_path / "timings.json").read_text())
-    assert timings["ran_with"] == {"random_local_r0.5_s0": {"threads": torch.get_num_threads(), "world_size": 1}}
+    assert timings["ran_with"] == {"random_local_r0.5_s0": {"rank": 0, "threads": torch.get_num_threads(),
+                                                            "world_size": 1}}
     assert "world_size" not in (tmp_path / "results.json").read_text()
 
 

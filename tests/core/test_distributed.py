@@ -48,3 +48,24 @@ def test_torchrun_two_process_gloo_finetune(tmp_path):
         "ft.last.safetensors", "ft.log.jsonl", "ft.safetensors", "ft.state.pt"]
     reloaded = load_model(checkpoint=out)
     assert reloaded.metadata["finetune"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_rank_zeros_value_and_leave_the_group(tmp_path):
+    """compare deals its unfinished cells from rank 0's listing: every rank must get that listing, even
+    one that saw other files, and no process group may outlive the broadcast."""
+    script = tmp_path / "agree.py"
+    script.write_text(
+        "import json, os\n"
+        "import torch.distributed as dist\n"
+        "from agfprune.core.distributed import agree_with_rank_zero\n"
+        "value = agree_with_rank_zero(['seen by rank', int(os.environ['RANK'])])\n"
+        "print(json.dumps({'rank': int(os.environ['RANK']), 'value': value, 'group': dist.is_initialized()}))\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
+                     key=lambda report: report["rank"])
+    assert reports == [{"rank": 0, "value": ["seen by rank", 0], "group": False},
+                       {"rank": 1, "value": ["seen by rank", 0], "group": False}]

@@ -69,7 +69,7 @@ def compare_command(
 
     Writes DIR/results.json, results.md, accuracy.png, timings.json and DIR/cells/*.json; running the
     same command again reuses finished cells. Under `torchrun --nproc-per-node N -m agfprune compare ...`
-    the cells are spread over the ranks and rank 0 writes the reports.
+    the unfinished cells are dealt round-robin over the ranks and rank 0 writes the reports.
     """
     from agfprune.cli.common import data_overrides, load_model_from_options
     from agfprune.cli.output import RichProgress, print_json, stdout
