@@ -263,9 +263,10 @@ def _claim3(results: dict[str, Any], scoring: list[dict[str, Any]], ranked: list
                  else "; random tied with them")
         verdict = (f"holds: no scoring metric better than another beyond doubt{floor}; best "
                    f"{dense - best[key]['mean']:.1f} points below dense")
-    else:
-        verdict = ("does not hold: " + ", ".join(r["metric"] for r in scoring if r[f"rank_{stage}"] == 1)
-                   + " better than the rest beyond doubt")
+    else:  # rank 1 = no metric better beyond doubt; the others are below at least one metric
+        verdict = ("does not hold: " + ", ".join(r["metric"] for r in scoring if r[f"rank_{stage}"] > 1)
+                   + " below another scoring metric beyond doubt (not beaten: "
+                   + ", ".join(r["metric"] for r in scoring if r[f"rank_{stage}"] == 1) + ")")
     return {"claim": 3, "ratio": ratio, "allocation": allocation, "stage": stage, "verdict": verdict,
             "best": best["metric"], "best_top1": best[key]["mean"]}
 

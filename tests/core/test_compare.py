@@ -129,7 +129,8 @@ def test_ties_in_rank_and_claims(dense, tmp_path: Path) -> None:
     assert rows["scratch"]["rank_finetuned"] is None
     verdicts = {c["claim"]: c["verdict"] for c in results["claims"]}
     assert verdicts[1] == "holds" and verdicts[2] == "holds"
-    assert verdicts[3].startswith("does not hold")
+    assert verdicts[3] == ("does not hold: magnitude-l2 below another scoring metric beyond doubt "
+                           "(not beaten: agf, taylor)")
     flipped = [cell(m, s, v if m != "magnitude-l2" else v + 20) for m, values in tops.items()
                for s, v in enumerate(values)]
     verdicts = {c["claim"]: c["verdict"] for c in summarize(dense, config, flipped, 90.0, ModelCost(20, 20))["claims"]}
