@@ -60,12 +60,13 @@ def test_ranks_agree_on_rank_zeros_value_and_leave_the_group(tmp_path):
         "import torch.distributed as dist\n"
         "from agfprune.core.distributed import agree_with_rank_zero\n"
         "value = agree_with_rank_zero(['seen by rank', int(os.environ['RANK'])])\n"
-        "print(json.dumps({'rank': int(os.environ['RANK']), 'value': value, 'group': dist.is_initialized()}))\n")
+        "report = {'rank': int(os.environ['RANK']), 'value': value, 'group': dist.is_initialized()}\n"
+        "open(os.path.join(os.path.dirname(__file__), f\"rank{report['rank']}.json\"), 'w').write(json.dumps(report))\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    reports = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
-                     key=lambda report: report["rank"])
+    # one file per rank: both ranks share stdout, where their lines can interleave
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert reports == [{"rank": 0, "value": ["seen by rank", 0], "group": False},
                        {"rank": 1, "value": ["seen by rank", 0], "group": False}]
