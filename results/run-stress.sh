@@ -9,6 +9,8 @@
 #      random + scratch, 20,000 images/cell (SGD lr 0.01, fixed before the run: no choice made on val)
 #   4. ResNet-20, local, 75 %: the claim-1 set under per-group ratios
 #   5. the whole ResNet-20 grid of the issue (9 metrics x local,global x 0.75,0.9 x 3 seeds + scratch)
+#   6. ResNet-56 at 90 % of parameters removed, global, the step-2 metrics + scratch (claim 3 on a second
+#      model; its own folder, so that results/compare-r56 stays the issue's complete 0.75 run)
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1
@@ -34,4 +36,5 @@ run $VIT --metrics agf,magnitude-l2,random --allocation local,global --ratios 0.
 run $R20 --metrics $CLAIM --allocation local --ratios 0.75 --seeds 3
 run $R20 --metrics agf,taylor,magnitude-l1,magnitude-l2,bn-scale,wanda,ria,snip,random --allocation local,global \
     --ratios 0.75,0.9 --seeds 3
+run ${R56/compare-r56/compare-r56-0.9} --metrics agf,taylor,magnitude-l2,wanda,random --allocation global --ratios 0.9 --seeds 3
 echo "=== $(date -u +%H:%M:%S) all done"
