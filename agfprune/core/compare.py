@@ -406,9 +406,9 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
     """Compute (or reuse) every cell, then write results.json, results.md, the plot and timings.
 
     Under torchrun the cells left unfinished (as rank 0 finds them) are dealt round-robin over the
-    ranks; rank 0 then waits
-    for the others' cell files and writes the reports; other ranks return None. With
-    `report_only` nothing is computed: the reports cover the finished cells (marked partial)."""
+    ranks; rank 0 then waits for the others' cell files and writes the reports; other ranks return
+    None. With `report_only` nothing is computed: the reports cover the finished cells (marked
+    partial)."""
     config.validate()
     check_writable(config.out / "results.json")
     rank, world = rank_and_world()
@@ -467,7 +467,7 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, device: torch.device
         # each cell's own thread and rank counts: the run that writes the reports may not be the one
         # that computed the cells (--report-only, or a resumed run with another world size)
         ran_with = {cell.key: {"threads": cell.threads, "world_size": cell.world_size, "rank": cell.rank}
-                    for cell in cells if cell.seconds is not None and cell.threads is not None}
+                    for cell in cells if cell.threads is not None}  # set with seconds; older cells lack it
         write_text_atomic(config.out / "timings.json", json.dumps(
             {"cells": timings, "ran_with": ran_with}, indent=1, sort_keys=True))
     return results

@@ -482,7 +482,8 @@ def write_plot(path: Path, results: dict[str, Any]) -> None:
         axis.axhline(dense_top1, color="black", linestyle="--", linewidth=1, label=f"dense {dense_top1:.1f}%")
         axis.set_xlabel("parameters removed (%)")
         axis.set_ylabel("top-1 on the report half (%)")
-        axis.set_title(f"{results['model']}: {'right after pruning (BatchNorm re-estimated)' if stage == 'pruned' else 'after finetuning'}")
+        when = "right after pruning (BatchNorm re-estimated)" if stage == "pruned" else "after finetuning"
+        axis.set_title(f"{results['model']}: {when}")
         axis.grid(alpha=0.3)
     # beside the panels, not over them: a full grid has 19 lines, and an inner legend hid the 0.75 points
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
